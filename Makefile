@@ -1,0 +1,38 @@
+# The few targets people reach for.  Each installs what it needs by itself:
+# Debian packages through deploy/install-deps.sh, Python packages into .venv here.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test unit lint bench deps clean
+
+demo: $(STAMP)
+	$(PY) deploy/demo_core.py
+
+test: $(STAMP)
+	@start=$$(date +%s); \
+	$(PY) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	echo "make test: total $$(( $$(date +%s) - start )) s"; exit $$rc
+
+unit: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/engine_bench.py
+
+deps:
+	bash deploy/install-deps.sh
+
+$(STAMP): pyproject.toml deploy/install-deps.sh
+	bash deploy/install-deps.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -U pip setuptools
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .hypothesis

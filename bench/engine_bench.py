@@ -1,0 +1,108 @@
+"""Engine decisions per second on one core (issue: core library benchmark).
+
+Run: .venv/bin/python bench/engine_bench.py [--seconds S]
+Prints decisions/s for (a) a unicast data frame to a known neighbor and (b) a multicast
+NS that must be validated and rewritten, plus the cost of a bare function call as a
+baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from portier.addresses import parse_ipv6, parse_mac, solicited_node
+from portier.engine import Engine, Transmit
+from portier.frame import IPv6Header, build_frame
+from portier.groups import Topology
+from portier.ndmsg import LinkLayerAddressOption, NeighborSolicitation, encode_nd
+
+UP_MAC = parse_mac("02:00:00:00:00:01")
+VM_MAC = parse_mac("02:00:00:00:01:01")
+ROUTER_MAC = parse_mac("52:54:00:00:00:01")
+GUEST_MAC = parse_mac("52:54:00:00:01:01")
+ROUTER = parse_ipv6("2001:db8:1::1")
+GUEST = parse_ipv6("2001:db8:1::101")
+ROUTER_LL = parse_ipv6("fe80::1")
+
+
+def make_engine() -> Engine:
+    topology = Topology()
+    for name, mac, index in (("up0", UP_MAC, 2), ("vm1", VM_MAC, 3)):
+        topology.bind(name)
+        topology.update_link(name, ifindex=index, mac=mac, mtu=1500)
+    topology.create_group("lan")
+    topology.add_to_group("up0", "lan", upstream=True)
+    topology.add_to_group("vm1", "lan")
+    engine = Engine(topology)
+    engine.neighbors.learn("lan", GUEST, "vm1", GUEST_MAC, 0.0)
+    engine.neighbors.learn("lan", ROUTER, "up0", ROUTER_MAC, 0.0)
+    return engine
+
+
+def data_frame() -> bytes:
+    payload = bytes(8) + bytes(18)  # a 26-byte UDP datagram: 80-byte frame
+    header = IPv6Header(ROUTER, GUEST, 17, 64, len(payload))
+    return build_frame(UP_MAC, ROUTER_MAC, header, payload)
+
+
+def ns_frame() -> bytes:
+    dst = solicited_node(GUEST)
+    option = LinkLayerAddressOption(1, ROUTER_MAC)
+    icmp = encode_nd(NeighborSolicitation(GUEST, (option,)), ROUTER_LL, dst)
+    header = IPv6Header(ROUTER_LL, dst, 58, 255, len(icmp))
+    return build_frame(b"\x33\x33" + dst[12:], ROUTER_MAC, header, icmp)
+
+
+def rate(label: str, engine: Engine, frame: bytes, seconds: float) -> float:
+    handle = engine.handle_frame
+    assert isinstance(handle("up0", frame, 1.0)[-1], Transmit), handle("up0", frame, 1.0)
+    count = 0
+    batch = 10_000
+    start = time.perf_counter()
+    deadline = start + seconds
+    now = 1.0
+    while time.perf_counter() < deadline:
+        for _ in range(batch):
+            handle("up0", frame, now)
+        count += batch
+    elapsed = time.perf_counter() - start
+    per_s = count / elapsed
+    print(f"{label:<44} {per_s:>12,.0f} decisions/s  {1e6 / per_s:6.2f} us each")
+    return per_s
+
+
+def baseline(seconds: float) -> float:
+    def noop(ingress: str, frame: bytes, now: float) -> list:
+        return [frame]
+
+    count = 0
+    start = time.perf_counter()
+    while time.perf_counter() < start + seconds:
+        for _ in range(10_000):
+            noop("up0", b"", 1.0)
+        count += 10_000
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    call = baseline(args.seconds)
+    print(f"{'baseline: empty Python call':<44} {call:>12,.0f} calls/s")
+    unicast = rate(
+        "unicast data frame to a known neighbor", make_engine(), data_frame(), args.seconds
+    )
+    ns = rate("multicast NS, validated and rewritten", make_engine(), ns_frame(), args.seconds)
+    print(
+        f"targets: unicast >= 300,000/s ({unicast / 300_000:.2f}x), NS >= 50,000/s "
+        f"({ns / 50_000:.2f}x); unicast costs {call / unicast:.1f} empty calls"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,501 @@
+"""The forwarding engine: every forwarding rule of the proxy, and nothing but them.
+
+`Engine.handle_frame(ingress, frame, now)` takes a frame received on a bound interface
+and returns actions: frames to transmit and where, neighbors learned, loops detected,
+drops with their reason.  `poll(now)` runs the timers (hold-queue solicitations and
+timeouts, neighbor expiry, loop-disable expiry) and `next_deadline()` says when it next
+needs to run.  No sockets, no clocks, no logging: the worker and the tests drive it.
+
+The rules (RFC 4389, with Portier's groups):
+- A frame addressed to an address of the receiving interface is left to the kernel.
+- Multicast goes to every other forwarding member of the ingress's group, to the
+  group's 33:33 MAC.  Unicast goes where the neighbor cache says, never back out of the
+  ingress.  Only the Ethernet header changes, except ND messages, which are rewritten
+  (rewrite.py).  The hop limit is never touched.
+- A unicast destination that is not on-link (not link-local, outside every prefix the
+  upstream's RAs announced on-link) goes to the group's router on the upstream.
+- An on-link destination not yet known is held (holdqueue.py) while the proxy solicits
+  it out of the other members, on behalf of the sender: the NS carries the held packet's
+  source address and the egress MAC, so the answer comes back through the proxy.
+- The sources of valid ND messages and of proxied packets are learned (neighbors.py).
+- An RA on a member other than the upstream, or a P-flagged RA on the upstream outside
+  nested mode, is a loop: that member is disabled for the loop-disable time.  A group
+  with no upstream has no router side: its RAs are proxied, not treated as loops.
+- A unicast packet larger than the egress MTU is dropped and its sender gets an ICMPv6
+  Packet Too Big (RFC 4389 §4.1.1), rate-limited.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from portier.addresses import (
+    UNSPECIFIED,
+    in_prefix,
+    is_link_local,
+    multicast_mac,
+    solicited_node,
+)
+from portier.checksum import upper_layer_checksum
+from portier.drops import DropReason, FrameError
+from portier.frame import EXTENSION_HEADERS, IPv6Header, build_frame, locate_upper_layer
+from portier.groups import Interface, Topology
+from portier.holdqueue import HeldFrame, HoldQueue
+from portier.ndmsg import (
+    LinkLayerAddressOption,
+    NDType,
+    NeighborAdvertisement,
+    NeighborSolicitation,
+    OptionType,
+    PrefixInformation,
+    RouterAdvertisement,
+    encode_nd,
+)
+from portier.neighbors import Neighbor, NeighborCache
+from portier.rewrite import rewrite_nd
+from portier.validation import validate_nd
+
+IPV6_MIN_MTU = 1280
+_PTB_QUOTE_MAX = IPV6_MIN_MTU - 40 - 8
+_INFINITE_LIFETIME = 0xFFFFFFFF
+_FOREVER = float("inf")
+
+
+class Transmit(NamedTuple):
+    interface: str
+    frame: bytes
+
+
+class Dropped(NamedTuple):
+    interface: str
+    reason: DropReason
+    count: int = 1
+
+
+class Learned(NamedTuple):
+    neighbor: Neighbor  # a copy, safe to keep
+
+
+class Expired(NamedTuple):
+    neighbor: Neighbor
+
+
+class LoopDetected(NamedTuple):
+    interface: str
+    group: str
+    until: float
+
+
+class LoopCleared(NamedTuple):
+    interface: str
+
+
+class PrefixLearned(NamedTuple):
+    group: str
+    prefix: bytes
+    length: int
+    valid_until: float  # 0 withdraws the prefix
+
+
+Action = Transmit | Dropped | Learned | Expired | LoopDetected | LoopCleared | PrefixLearned
+
+
+class Engine:
+    def __init__(
+        self,
+        topology: Topology,
+        neighbors: NeighborCache | None = None,
+        hold: HoldQueue | None = None,
+        *,
+        ptb_rate_per_s: float = 10.0,
+        ptb_burst: int = 20,
+    ) -> None:
+        self.topology = topology
+        self.neighbors = neighbors if neighbors is not None else NeighborCache()
+        self.hold = hold if hold is not None else HoldQueue()
+        self._ptb_rate = ptb_rate_per_s
+        self._ptb_burst = float(ptb_burst)
+        self._ptb_tokens = float(ptb_burst)
+        self._ptb_refilled_at = 0.0
+        self.counters = {"held": 0, "released": 0, "ptb_sent": 0, "solicits_sent": 0}
+
+    # --- ingress -------------------------------------------------------------------
+
+    def handle_frame(
+        self, ingress: str, frame: bytes, now: float, *, segment_bytes: int = 0
+    ) -> list[Action]:
+        """Decide what to do with one received frame.
+
+        `segment_bytes` is the IPv6 length of each segment when the frame is a GSO/GRO
+        super-frame that the kernel will segment on egress; 0 for an ordinary frame.
+        """
+        iface = self.topology.interfaces.get(ingress)
+        if iface is None:
+            return [Dropped(ingress, DropReason.UNKNOWN_INTERFACE)]
+        if not iface.enabled:
+            return [Dropped(ingress, DropReason.INGRESS_DISABLED)]
+        size = len(frame)
+        if size < 54:
+            return [Dropped(ingress, DropReason.FRAME_TOO_SHORT)]
+        if frame[12] != 0x86 or frame[13] != 0xDD:
+            return [Dropped(ingress, DropReason.NOT_IPV6)]
+        if frame[14] >> 4 != 6:
+            return [Dropped(ingress, DropReason.BAD_IP_VERSION)]
+        end = 54 + (frame[18] << 8 | frame[19])
+        if end > size:
+            return [Dropped(ingress, DropReason.TRUNCATED)]
+        if end < size:
+            frame = frame[:end]  # Ethernet padding
+        if not frame[0] & 1 and frame[0:6] != iface.mac:
+            return [Dropped(ingress, DropReason.NOT_FOR_US)]
+        if frame[6:12] in self.topology.own_macs():
+            return [Dropped(ingress, DropReason.OWN_FRAME)]
+
+        next_header = frame[20]
+        if next_header == 58:
+            if end > 54 and 133 <= frame[54] <= 137:
+                return self._handle_nd(iface, frame, 54, now)
+        elif next_header in EXTENSION_HEADERS:
+            try:
+                protocol, offset, fragmented, routed = locate_upper_layer(frame, next_header)
+            except FrameError as exc:
+                return [Dropped(ingress, exc.reason)]
+            if protocol == 58 and offset < end and 133 <= frame[offset] <= 137:
+                if fragmented:
+                    return [Dropped(ingress, DropReason.ND_FRAGMENTED)]
+                if routed:
+                    return [Dropped(ingress, DropReason.ND_ROUTING_HEADER)]
+                return self._handle_nd(iface, frame, offset, now)
+
+        src = frame[22:38]
+        if src[0] == 0xFF:
+            return [Dropped(ingress, DropReason.MULTICAST_SOURCE)]
+        group = iface.group
+        assert group is not None  # an enabled interface is always in a group
+        actions: list[Action] = []
+        if src != UNSPECIFIED:
+            entry = self.neighbors.get(group, src)
+            if (
+                entry is None
+                or entry.interface != ingress
+                or entry.mac != frame[6:12]
+                or now - entry.last_seen >= 1.0
+            ) and (entry is not None or self._on_link(group, src) is not False):
+                learned = self.neighbors.learn(group, src, ingress, frame[6:12], now)
+                if learned is not None:
+                    self._on_learned(learned, now, actions)
+        dst = frame[38:54]
+        if dst in iface.addresses:
+            actions.append(Dropped(ingress, DropReason.LOCAL_DESTINATION))
+            return actions
+        if dst[0] == 0xFF:
+            self._fan_out(iface, frame, dst, -1, actions)
+            return actions
+        self._forward_unicast(iface, frame, dst, -1, now, actions, segment_bytes)
+        return actions
+
+    def _handle_nd(self, iface: Interface, frame: bytes, offset: int, now: float) -> list[Action]:
+        ingress = iface.name
+        src = frame[22:38]
+        dst = frame[38:54]
+        try:
+            message = validate_nd(frame[21], src, dst, frame[offset:])
+        except FrameError as exc:
+            return [Dropped(ingress, exc.reason)]
+        group = iface.group
+        assert group is not None
+        actions: list[Action] = []
+        kind = message.type
+        if kind == NDType.ROUTER_ADVERTISEMENT:
+            assert isinstance(message, RouterAdvertisement)
+            upstream = self.topology.groups[group].upstream
+            if upstream is not None and (
+                ingress != upstream or (message.proxy and not self.topology.nested)
+            ):
+                until = self.topology.detect_loop(ingress, now)
+                return [
+                    LoopDetected(ingress, group, until),
+                    Dropped(ingress, DropReason.LOOP_DETECTED),
+                ]
+            if upstream == ingress:
+                self._learn_prefixes(group, message, now, actions)
+
+        source_mac = frame[6:12]
+        # An NA from its own target is learned once, below, with its flags.
+        if src != UNSPECIFIED and not (
+            kind == NDType.NEIGHBOR_ADVERTISEMENT and src == message.target  # type: ignore[union-attr]
+        ):
+            link_layer = _link_layer_option(message.options, OptionType.SOURCE_LINK_LAYER)
+            learned = self.neighbors.learn(
+                group,
+                src,
+                ingress,
+                link_layer or source_mac,
+                now,
+                is_router=True if kind == NDType.ROUTER_ADVERTISEMENT else None,
+            )
+            if learned is not None:
+                self._on_learned(learned, now, actions)
+        if kind == NDType.NEIGHBOR_ADVERTISEMENT:
+            assert isinstance(message, NeighborAdvertisement)
+            link_layer = _link_layer_option(message.options, OptionType.TARGET_LINK_LAYER)
+            learned = self.neighbors.learn(
+                group,
+                message.target,
+                ingress,
+                link_layer or source_mac,
+                now,
+                confirmed=message.solicited,
+                is_router=message.router,
+            )
+            if learned is not None:
+                self._on_learned(learned, now, actions)
+
+        if dst in iface.addresses:
+            actions.append(Dropped(ingress, DropReason.LOCAL_DESTINATION))
+        elif dst[0] == 0xFF:
+            self._fan_out(iface, frame, dst, offset, actions)
+        else:
+            self._forward_unicast(iface, frame, dst, offset, now, actions, 0)
+        return actions
+
+    # --- egress --------------------------------------------------------------------
+
+    def _fan_out(
+        self, iface: Interface, frame: bytes, dst: bytes, icmp_offset: int, actions: list[Action]
+    ) -> None:
+        dst_mac = multicast_mac(dst)
+        rest = frame[12:]
+        packet_bytes = len(frame) - 14
+        sent = False
+        assert iface.group is not None
+        for member in self.topology.forwarding_members(iface.group):
+            if member is iface:
+                continue
+            if packet_bytes > member.mtu:
+                actions.append(Dropped(member.name, DropReason.MTU_EXCEEDED))
+                continue
+            if icmp_offset < 0:
+                out = dst_mac + member.mac + rest
+            else:
+                out = rewrite_nd(frame, icmp_offset, member.mac, dst_mac)
+            actions.append(Transmit(member.name, out))
+            sent = True
+        if not sent:
+            actions.append(Dropped(iface.name, DropReason.NO_EGRESS))
+
+    def _forward_unicast(
+        self,
+        iface: Interface,
+        frame: bytes,
+        dst: bytes,
+        icmp_offset: int,
+        now: float,
+        actions: list[Action],
+        segment_bytes: int,
+    ) -> None:
+        group = iface.group
+        assert group is not None
+        entry = self.neighbors.get(group, dst)
+        if entry is None:
+            if dst == UNSPECIFIED:
+                actions.append(Dropped(iface.name, DropReason.UNSPECIFIED_DESTINATION))
+                return
+            if self._on_link(group, dst) is not True:
+                upstream = self.topology.groups[group].upstream
+                if upstream is not None and upstream != iface.name:
+                    entry = self.neighbors.best_router(group, upstream, now)
+            if entry is None:
+                self._hold(iface, frame, dst, icmp_offset, now, actions)
+                return
+        egress_name = entry.interface
+        if egress_name == iface.name:
+            actions.append(Dropped(iface.name, DropReason.HAIRPIN))
+            return
+        egress = self.topology.interfaces.get(egress_name)
+        if egress is None or not egress.enabled or egress.group != group:
+            actions.append(Dropped(iface.name, DropReason.EGRESS_DISABLED))
+            return
+        packet_bytes = segment_bytes or len(frame) - 14
+        if packet_bytes > egress.mtu:
+            actions.append(Dropped(iface.name, DropReason.MTU_EXCEEDED))
+            self._packet_too_big(iface, frame, egress.mtu, now, actions)
+            return
+        if icmp_offset < 0:
+            out = entry.mac + egress.mac + frame[12:]
+        else:
+            out = rewrite_nd(frame, icmp_offset, egress.mac, entry.mac)
+        actions.append(Transmit(egress_name, out))
+
+    def _hold(
+        self,
+        iface: Interface,
+        frame: bytes,
+        dst: bytes,
+        icmp_offset: int,
+        now: float,
+        actions: list[Action],
+    ) -> None:
+        group = iface.group
+        assert group is not None
+        source = frame[22:38]
+        pending, pushed_out = self.hold.hold(
+            group, dst, source, HeldFrame(iface.name, frame, icmp_offset), now
+        )
+        if pushed_out is not None:
+            actions.append(Dropped(pushed_out.ingress, DropReason.HOLD_QUEUE_FULL))
+        if pushed_out is None or pushed_out.frame is not frame:
+            self.counters["held"] += 1
+        if pending is not None:
+            solicit, _ = self.hold.due(now)
+            for due in solicit:
+                self._solicit(due.group, due.address, due.source, due.ingress, actions)
+
+    def _solicit(
+        self, group: str, target: bytes, source: bytes, ingress: str, actions: list[Action]
+    ) -> None:
+        """Our own NS for `target`, out of every other member, speaking for `source`."""
+        dst = solicited_node(target)
+        dst_mac = multicast_mac(dst)
+        for member in self.topology.forwarding_members(group):
+            if member.name == ingress:
+                continue
+            options = (
+                ()
+                if source == UNSPECIFIED
+                else (LinkLayerAddressOption(OptionType.SOURCE_LINK_LAYER, member.mac),)
+            )
+            icmp = encode_nd(NeighborSolicitation(target, options), source, dst)
+            header = IPv6Header(source, dst, 58, 255, len(icmp))
+            actions.append(Transmit(member.name, build_frame(dst_mac, member.mac, header, icmp)))
+            self.counters["solicits_sent"] += 1
+
+    def _packet_too_big(
+        self, iface: Interface, frame: bytes, mtu: int, now: float, actions: list[Action]
+    ) -> None:
+        """ICMPv6 Packet Too Big back to the sender (RFC 4443 §3.2, rate-limited)."""
+        sender = frame[22:38]
+        if sender == UNSPECIFIED or (frame[20] == 58 and frame[54] < 128):
+            return  # never answer an ICMPv6 error, nor a sender without an address
+        self._ptb_tokens = min(
+            self._ptb_burst, self._ptb_tokens + (now - self._ptb_refilled_at) * self._ptb_rate
+        )
+        self._ptb_refilled_at = now
+        if self._ptb_tokens < 1.0:
+            return
+        source = _reply_source(iface.addresses, sender)
+        if source is None:
+            return
+        self._ptb_tokens -= 1.0
+        body = frame[14 : 14 + _PTB_QUOTE_MAX]
+        message = b"\x02\x00\x00\x00" + mtu.to_bytes(4, "big") + body
+        checksum = upper_layer_checksum(source, sender, 58, message)
+        message = message[:2] + checksum.to_bytes(2, "big") + message[4:]
+        header = IPv6Header(source, sender, 58, 255, len(message))
+        actions.append(Transmit(iface.name, build_frame(frame[6:12], iface.mac, header, message)))
+        self.counters["ptb_sent"] += 1
+
+    # --- learning ------------------------------------------------------------------
+
+    def _on_learned(self, neighbor: Neighbor, now: float, actions: list[Action]) -> None:
+        actions.append(Learned(neighbor.copy()))
+        if self.hold.destinations:
+            self._release(neighbor.group, neighbor.address, now, actions)
+
+    def _release(self, group: str, address: bytes, now: float, actions: list[Action]) -> None:
+        for held in self.hold.release(group, address):
+            iface = self.topology.interfaces.get(held.ingress)
+            if iface is None or not iface.enabled or iface.group != group:
+                actions.append(Dropped(held.ingress, DropReason.INGRESS_DISABLED))
+                continue
+            self.counters["released"] += 1
+            self._forward_unicast(iface, held.frame, address, held.icmp_offset, now, actions, 0)
+
+    def _learn_prefixes(
+        self, group: str, message: RouterAdvertisement, now: float, actions: list[Action]
+    ) -> None:
+        prefixes = self.topology.groups[group].onlink_prefixes
+        for option in message.options:
+            if not isinstance(option, PrefixInformation) or not option.on_link:
+                continue
+            if option.prefix_length > 128:
+                continue
+            key = (option.prefix, option.prefix_length)
+            if option.valid_lifetime_s == 0:
+                if prefixes.pop(key, None) is not None:
+                    actions.append(PrefixLearned(group, key[0], key[1], 0.0))
+                continue
+            until = (
+                _FOREVER
+                if option.valid_lifetime_s == _INFINITE_LIFETIME
+                else now + option.valid_lifetime_s
+            )
+            previous = prefixes.get(key)
+            prefixes[key] = until
+            if previous is None or abs(previous - until) > 60.0:
+                actions.append(PrefixLearned(group, key[0], key[1], until))
+
+    def _on_link(self, group: str, address: bytes) -> bool | None:
+        """True on-link, False off-link, None when no RA has told us yet."""
+        if is_link_local(address):
+            return True
+        prefixes = self.topology.groups[group].onlink_prefixes
+        if not prefixes:
+            return None
+        return any(in_prefix(address, prefix, length) for prefix, length in prefixes)
+
+    # --- replicated state and timers -------------------------------------------------
+
+    def on_neighbor(self, neighbor: Neighbor, now: float) -> list[Action]:
+        """A neighbor learned elsewhere (the supervisor's delta): store it, release holds."""
+        self.neighbors.put(neighbor)
+        actions: list[Action] = []
+        if self.hold.destinations:
+            self._release(neighbor.group, neighbor.address, now, actions)
+        return actions
+
+    def poll(self, now: float) -> list[Action]:
+        actions: list[Action] = [LoopCleared(name) for name in self.topology.expire(now)]
+        actions.extend(Expired(entry) for entry in self.neighbors.expire(now))
+        solicit, expired = self.hold.due(now)
+        for pending in solicit:
+            self._solicit(pending.group, pending.address, pending.source, pending.ingress, actions)
+        for pending in expired:
+            for held in pending.frames:
+                actions.append(Dropped(held.ingress, DropReason.HOLD_TIMEOUT))
+        return actions
+
+    def next_deadline(self) -> float | None:
+        deadlines = [
+            d
+            for d in (
+                self.topology.next_deadline(),
+                self.neighbors.next_deadline(),
+                self.hold.next_deadline(),
+            )
+            if d is not None
+        ]
+        return min(deadlines, default=None)
+
+
+def _link_layer_option(options: tuple, kind: int) -> bytes | None:
+    for option in options:
+        if (
+            isinstance(option, LinkLayerAddressOption)
+            and option.type == kind
+            and len(option.address) == 6
+            and not option.address[0] & 1
+        ):
+            return option.address
+    return None
+
+
+def _reply_source(addresses: frozenset[bytes], destination: bytes) -> bytes | None:
+    """An address of ours to answer `destination` from: same scope preferred."""
+    wanted_link_local = is_link_local(destination)
+    fallback = None
+    for address in sorted(addresses):
+        if is_link_local(address) == wanted_link_local:
+            return address
+        fallback = fallback or address
+    return fallback

@@ -1,0 +1,181 @@
+"""The neighbor cache: (group, IPv6 address) -> where that neighbor lives.
+
+RFC 4389 learning fills it: the source of every valid ND message and proxied packet,
+an NA's target, an RA's source as a router.  An entry is REACHABLE for `reachable_s`
+after a solicited NA confirmed it and STALE otherwise; it expires `lifetime_s` after it
+was last seen.  The cache is bounded: when full, the least recently seen entry is evicted
+(entries are kept in last-seen order, so both expiry and eviction look at the front).
+Time is always a parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+DEFAULT_CAPACITY = 16384
+DEFAULT_LIFETIME_S = 600.0
+DEFAULT_REACHABLE_S = 30.0
+# Seeing a neighbor again within this many seconds does not reorder the cache.
+_TOUCH_GRANULARITY_S = 1.0
+
+
+class NeighborState(StrEnum):
+    REACHABLE = "reachable"
+    STALE = "stale"
+
+
+@dataclass(slots=True)
+class Neighbor:
+    group: str
+    address: bytes
+    interface: str
+    mac: bytes
+    is_router: bool = False
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    reachable_until: float = 0.0
+    reported_at: float = 0.0
+
+    def state(self, now: float) -> NeighborState:
+        return NeighborState.REACHABLE if now < self.reachable_until else NeighborState.STALE
+
+    def copy(self) -> Neighbor:
+        return replace(self)
+
+
+class NeighborCache:
+    def __init__(
+        self,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        lifetime_s: float = DEFAULT_LIFETIME_S,
+        reachable_s: float = DEFAULT_REACHABLE_S,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.lifetime_s = lifetime_s
+        self.reachable_s = reachable_s
+        self.report_interval_s = lifetime_s / 4
+        self.evicted = 0
+        self._entries: dict[tuple[str, bytes], Neighbor] = {}
+        # group -> addresses of its routers, so that choosing one never scans the cache.
+        self._routers: dict[str, set[bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Neighbor]:
+        return iter(list(self._entries.values()))
+
+    def get(self, group: str, address: bytes) -> Neighbor | None:
+        return self._entries.get((group, address))
+
+    def learn(
+        self,
+        group: str,
+        address: bytes,
+        interface: str,
+        mac: bytes,
+        now: float,
+        *,
+        confirmed: bool = False,
+        is_router: bool | None = None,
+    ) -> Neighbor | None:
+        """Learn or refresh; returns the entry when it is new, changed or due a report."""
+        key = (group, address)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = Neighbor(group, address, interface, mac, bool(is_router), now, now, 0.0, now)
+            if confirmed:
+                entry.reachable_until = now + self.reachable_s
+            self._insert(key, entry)
+            return entry
+        changed = entry.interface != interface or entry.mac != mac
+        if changed:
+            entry.interface = interface
+            entry.mac = mac
+            entry.reachable_until = 0.0
+        if is_router is not None and is_router != entry.is_router:
+            entry.is_router = is_router
+            self._index_router(entry)
+            changed = True
+        if confirmed:
+            changed = changed or now >= entry.reachable_until
+            entry.reachable_until = now + self.reachable_s
+        if now - entry.last_seen >= _TOUCH_GRANULARITY_S or changed:
+            entry.last_seen = now
+            del self._entries[key]
+            self._entries[key] = entry
+        if changed or now - entry.reported_at >= self.report_interval_s:
+            entry.reported_at = now
+            return entry
+        return None
+
+    def put(self, neighbor: Neighbor) -> None:
+        """Store an entry as given (a replica applying the supervisor's state)."""
+        key = (neighbor.group, neighbor.address)
+        self._delete(key)
+        self._insert(key, neighbor)
+
+    def _insert(self, key: tuple[str, bytes], entry: Neighbor) -> None:
+        while len(self._entries) >= self.capacity:
+            self._delete(next(iter(self._entries)))
+            self.evicted += 1
+        self._entries[key] = entry
+        if entry.is_router:
+            self._index_router(entry)
+
+    def _index_router(self, entry: Neighbor) -> None:
+        routers = self._routers.setdefault(entry.group, set())
+        if entry.is_router:
+            routers.add(entry.address)
+        else:
+            routers.discard(entry.address)
+
+    def _delete(self, key: tuple[str, bytes]) -> Neighbor | None:
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry.is_router:
+            self._routers[entry.group].discard(entry.address)
+        return entry
+
+    def remove(self, group: str, address: bytes) -> Neighbor | None:
+        return self._delete((group, address))
+
+    def flush(self, group: str | None = None) -> list[Neighbor]:
+        """Forget every entry (of one group); returns what was forgotten."""
+        doomed = [key for key in self._entries if group is None or key[0] == group]
+        return [entry for key in doomed if (entry := self._delete(key)) is not None]
+
+    def flush_interface(self, interface: str) -> list[Neighbor]:
+        doomed = [key for key, entry in self._entries.items() if entry.interface == interface]
+        return [entry for key in doomed if (entry := self._delete(key)) is not None]
+
+    def expire(self, now: float) -> list[Neighbor]:
+        """Remove entries not seen for lifetime_s; they are at the front."""
+        expired = []
+        horizon = now - self.lifetime_s
+        while self._entries:
+            key = next(iter(self._entries))
+            entry = self._entries[key]
+            if entry.last_seen > horizon:
+                break
+            self._delete(key)
+            expired.append(entry)
+        return expired
+
+    def next_deadline(self) -> float | None:
+        if not self._entries:
+            return None
+        return next(iter(self._entries.values())).last_seen + self.lifetime_s
+
+    def best_router(self, group: str, interface: str, now: float) -> Neighbor | None:
+        """The router to use on `interface`: REACHABLE before STALE, then most recent."""
+        candidates = (self._entries[(group, address)] for address in self._routers.get(group, ()))
+        return max(
+            (entry for entry in candidates if entry.interface == interface),
+            key=lambda entry: (now < entry.reachable_until, entry.last_seen),
+            default=None,
+        )

@@ -1,0 +1,1 @@
+"""The portierd supervisor process."""

@@ -1,0 +1,1 @@
+"""The per-interface worker process: socket I/O around the portier engine."""
