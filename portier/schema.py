@@ -159,8 +159,8 @@ def unpack(raw: bytes, max_bytes: int) -> dict[str, Any]:
             Status(Code.INVALID_ARGUMENT, f"message of {len(raw)} bytes exceeds {max_bytes}")
         )
     try:
-        data = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_buffer_size=max_bytes)
-    except Exception as exc:  # msgpack raises many types for malformed input
+        data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise _invalid(f"message is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise _invalid("message must be a map")

@@ -1,0 +1,454 @@
+"""The forwarding engine with an injected clock: every rule of engine.py's docstring."""
+
+import pytest
+from ndframes import (
+    GUEST1,
+    GUEST1_LL,
+    GUEST1_MAC,
+    GUEST2,
+    GUEST2_MAC,
+    GUEST3,
+    GUEST3_MAC,
+    OTHER_MAC,
+    PREFIX,
+    PROXY_UP_LL,
+    PROXY_VM1_LL,
+    REMOTE,
+    ROUTER,
+    ROUTER_LL,
+    ROUTER_MAC,
+    UP_MAC,
+    VM1_MAC,
+    VM2_MAC,
+    lab_topology,
+    nd_frame,
+    udp_frame,
+)
+
+from portier.addresses import ALL_NODES, ALL_ROUTERS, multicast_mac, parse_ipv6, solicited_node
+from portier.drops import DropReason
+from portier.engine import (
+    Dropped,
+    Engine,
+    Expired,
+    Learned,
+    LoopCleared,
+    LoopDetected,
+    PrefixLearned,
+    Transmit,
+)
+from portier.frame import parse_packet
+from portier.groups import DisableReason
+from portier.holdqueue import HoldQueue
+from portier.ndmsg import (
+    LinkLayerAddressOption,
+    NeighborAdvertisement,
+    NeighborSolicitation,
+    PrefixInformation,
+    RouterAdvertisement,
+    RouterSolicitation,
+    parse_nd,
+)
+from portier.neighbors import NeighborCache
+from portier.validation import validate_nd
+
+
+def sent(actions) -> dict[str, bytes]:
+    out = {}
+    for action in actions:
+        if isinstance(action, Transmit):
+            assert action.interface not in out, "one frame per egress"
+            out[action.interface] = action.frame
+    return out
+
+
+def drops(actions) -> list[DropReason]:
+    return [a.reason for a in actions if isinstance(a, Dropped)]
+
+
+def learned(actions) -> set[bytes]:
+    return {a.neighbor.address for a in actions if isinstance(a, Learned)}
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return Engine(lab_topology())
+
+
+def router_ra(flags: int = 0, *, prefix: bool = True) -> bytes:
+    options = [LinkLayerAddressOption(1, ROUTER_MAC)]
+    if prefix:
+        options.append(PrefixInformation(64, 0xC0, 86400, 14400, PREFIX))
+    ra = RouterAdvertisement(64, flags, 1800, 0, 0, tuple(options))
+    return nd_frame(ROUTER_MAC, None, ROUTER_LL, ALL_NODES, ra)
+
+
+def learn_router_and_guests(engine: Engine, now: float = 1.0) -> None:
+    engine.handle_frame("up0", router_ra(), now)
+    engine.handle_frame("up0", udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1), now)
+    engine.handle_frame("vm1", udp_frame(GUEST1_MAC, VM1_MAC, GUEST1, ROUTER), now)
+    engine.handle_frame("vm2", udp_frame(GUEST2_MAC, VM2_MAC, GUEST2, ROUTER), now)
+
+
+# --- multicast ----------------------------------------------------------------------
+
+
+def test_multicast_data_fans_out_to_other_members_of_the_group(engine):
+    group = parse_ipv6("ff02::fb")
+    frame = udp_frame(GUEST1_MAC, multicast_mac(group), GUEST1_LL, group)
+    out = sent(engine.handle_frame("vm1", frame, 1.0))
+    assert set(out) == {"up0", "vm2"}  # not the ingress, not the other group
+    for name, mac in (("up0", UP_MAC), ("vm2", VM2_MAC)):
+        assert out[name][:6] == multicast_mac(group)
+        assert out[name][6:12] == mac
+        assert out[name][12:] == frame[12:]  # hop limit and payload untouched
+
+
+def test_multicast_ns_is_rewritten_for_each_egress(engine):
+    target = solicited_node(ROUTER)
+    ns = NeighborSolicitation(ROUTER, (LinkLayerAddressOption(1, GUEST1_MAC),))
+    actions = engine.handle_frame("vm1", nd_frame(GUEST1_MAC, None, GUEST1, target, ns), 1.0)
+    out = sent(actions)
+    assert set(out) == {"up0", "vm2"}
+    for name, mac in (("up0", UP_MAC), ("vm2", VM2_MAC)):
+        packet = parse_packet(out[name])
+        message = validate_nd(packet.ipv6.hop_limit, packet.ipv6.src, packet.ipv6.dst, packet.upper)
+        assert message.options == (LinkLayerAddressOption(1, mac),)
+        assert packet.src_mac == mac and packet.ipv6.hop_limit == 255
+    assert learned(actions) == {GUEST1}
+
+
+def test_router_solicitation_slla_is_rewritten(engine):
+    rs = RouterSolicitation((LinkLayerAddressOption(1, GUEST1_MAC),))
+    out = sent(
+        engine.handle_frame("vm1", nd_frame(GUEST1_MAC, None, GUEST1_LL, ALL_ROUTERS, rs), 1.0)
+    )
+    assert parse_nd(parse_packet(out["up0"]).upper).options == (LinkLayerAddressOption(1, UP_MAC),)
+
+
+def test_ra_from_upstream_gets_the_proxy_flag_and_teaches_router_and_prefix(engine):
+    actions = engine.handle_frame("up0", router_ra(flags=0x80), 1.0)
+    out = sent(actions)
+    assert set(out) == {"vm1", "vm2"}
+    ra = parse_nd(parse_packet(out["vm1"]).upper)
+    assert ra.flags == 0x84
+    assert ra.options[0] == LinkLayerAddressOption(1, VM1_MAC)
+    assert PrefixLearned("lan", PREFIX, 64, 86401.0) in actions
+    router = engine.neighbors.get("lan", ROUTER_LL)
+    assert router.is_router and router.interface == "up0" and router.mac == ROUTER_MAC
+
+
+def test_dad_probe_is_forwarded_and_teaches_nothing(engine):
+    target = solicited_node(GUEST2)
+    ns = NeighborSolicitation(GUEST2)
+    frame = nd_frame(GUEST1_MAC, None, bytes(16), target, ns)
+    actions = engine.handle_frame("vm1", frame, 1.0)
+    assert set(sent(actions)) == {"up0", "vm2"}
+    assert learned(actions) == set()
+
+
+def test_defending_na_reaches_the_prober(engine):
+    na = NeighborAdvertisement(GUEST2, 0x20, (LinkLayerAddressOption(2, GUEST2_MAC),))
+    actions = engine.handle_frame("vm2", nd_frame(GUEST2_MAC, None, GUEST2, ALL_NODES, na), 1.0)
+    out = sent(actions)
+    assert set(out) == {"up0", "vm1"}
+    assert parse_nd(parse_packet(out["vm1"]).upper).options == (LinkLayerAddressOption(2, VM1_MAC),)
+    assert engine.neighbors.get("lan", GUEST2).interface == "vm2"
+
+
+# --- unicast --------------------------------------------------------------------------
+
+
+def test_unicast_goes_where_the_cache_says_with_hop_limit_kept(engine):
+    learn_router_and_guests(engine)
+    frame = udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST2, hop_limit=7)
+    out = sent(engine.handle_frame("up0", frame, 2.0))
+    assert set(out) == {"vm2"}
+    assert out["vm2"] == GUEST2_MAC + VM2_MAC + frame[12:]
+    assert parse_packet(out["vm2"]).ipv6.hop_limit == 7
+
+
+def test_never_back_out_of_the_ingress(engine):
+    learn_router_and_guests(engine)
+    frame = udp_frame(ROUTER_MAC, UP_MAC, parse_ipv6("2001:db8:1::2"), ROUTER)
+    assert drops(engine.handle_frame("up0", frame, 2.0)) == [DropReason.HAIRPIN]
+
+
+def test_unicast_na_is_rewritten_and_confirms_the_neighbor(engine):
+    learn_router_and_guests(engine)
+    na = NeighborAdvertisement(ROUTER, 0xE0, (LinkLayerAddressOption(2, ROUTER_MAC),))
+    actions = engine.handle_frame("up0", nd_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1, na), 2.0)
+    out = sent(actions)
+    assert set(out) == {"vm1"}
+    packet = parse_packet(out["vm1"])
+    assert packet.dst_mac == GUEST1_MAC and packet.src_mac == VM1_MAC
+    assert parse_nd(packet.upper).options == (LinkLayerAddressOption(2, VM1_MAC),)
+    entry = engine.neighbors.get("lan", ROUTER)
+    assert entry.is_router and entry.state(2.5).value == "reachable"
+
+
+def test_frames_to_the_ingress_own_address_are_left_to_the_kernel(engine):
+    frame = udp_frame(ROUTER_MAC, UP_MAC, ROUTER_LL, PROXY_UP_LL)
+    actions = engine.handle_frame("up0", frame, 1.0)
+    assert sent(actions) == {}
+    assert drops(actions) == [DropReason.LOCAL_DESTINATION]
+    assert learned(actions) == {ROUTER_LL}  # still learned from
+
+
+def test_unicast_for_another_mac_is_not_ours(engine):
+    frame = udp_frame(ROUTER_MAC, GUEST1_MAC, ROUTER, GUEST1)
+    assert drops(engine.handle_frame("up0", frame, 1.0)) == [DropReason.NOT_FOR_US]
+
+
+def test_our_own_frames_coming_back_are_dropped(engine):
+    frame = udp_frame(VM2_MAC, UP_MAC, GUEST1, ROUTER)
+    assert drops(engine.handle_frame("up0", frame, 1.0)) == [DropReason.OWN_FRAME]
+
+
+def test_off_link_destination_goes_to_the_upstream_router(engine):
+    learn_router_and_guests(engine)
+    frame = udp_frame(GUEST1_MAC, VM1_MAC, GUEST1, REMOTE)
+    out = sent(engine.handle_frame("vm1", frame, 2.0))
+    assert out == {"up0": ROUTER_MAC + UP_MAC + frame[12:]}
+
+
+def test_ethernet_padding_is_removed(engine):
+    learn_router_and_guests(engine)
+    frame = udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1, size=2)
+    padded = frame + bytes(60 - len(frame)) if len(frame) < 60 else frame + bytes(4)
+    out = sent(engine.handle_frame("up0", padded, 2.0))
+    assert out["vm1"][12:] == frame[12:]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda f: f[:40], DropReason.FRAME_TOO_SHORT),
+        (lambda f: f[:12] + b"\x08\x00" + f[14:], DropReason.NOT_IPV6),
+        (lambda f: f[:14] + b"\x40" + f[15:], DropReason.BAD_IP_VERSION),
+        (lambda f: f[:-1], DropReason.TRUNCATED),
+        (lambda f: f[:22] + b"\xff" + f[23:], DropReason.MULTICAST_SOURCE),
+    ],
+)
+def test_malformed_frames_have_named_reasons(engine, mutate, reason):
+    frame = udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1)
+    assert drops(engine.handle_frame("up0", mutate(frame), 1.0)) == [reason]
+
+
+def test_invalid_nd_is_dropped_with_its_reason(engine):
+    ns = NeighborSolicitation(ROUTER, (LinkLayerAddressOption(1, GUEST1_MAC),))
+    frame = bytearray(nd_frame(GUEST1_MAC, None, GUEST1, solicited_node(ROUTER), ns))
+    frame[56] ^= 0xFF  # checksum
+    assert drops(engine.handle_frame("vm1", bytes(frame), 1.0)) == [DropReason.BAD_CHECKSUM]
+    frame = nd_frame(GUEST1_MAC, None, GUEST1, solicited_node(ROUTER), ns, hop_limit=64)
+    assert drops(engine.handle_frame("vm1", frame, 1.0)) == [DropReason.HOP_LIMIT_NOT_255]
+    assert engine.neighbors.get("lan", GUEST1) is None  # nothing learned from invalid ND
+
+
+# --- hold queue -------------------------------------------------------------------------
+
+
+def test_unknown_destination_is_held_solicited_and_released(engine):
+    engine.handle_frame("up0", router_ra(), 1.0)  # prefix known: GUEST1 is on-link
+    frame = udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1)
+    actions = engine.handle_frame("up0", frame, 2.0)
+    out = sent(actions)
+    assert set(out) == {"vm1", "vm2"}  # our NS, out of every other member
+    for name, mac in (("vm1", VM1_MAC), ("vm2", VM2_MAC)):
+        packet = parse_packet(out[name])
+        ns = validate_nd(255, packet.ipv6.src, packet.ipv6.dst, packet.upper)
+        assert ns.target == GUEST1
+        assert packet.ipv6.src == ROUTER  # spoken for the held packet's sender
+        assert packet.ipv6.dst == solicited_node(GUEST1)
+        assert ns.options == (LinkLayerAddressOption(1, mac),)
+    assert engine.counters["held"] == 1
+    na = NeighborAdvertisement(GUEST1, 0x60, (LinkLayerAddressOption(2, GUEST1_MAC),))
+    actions = engine.handle_frame("vm1", nd_frame(GUEST1_MAC, VM1_MAC, GUEST1, ROUTER, na), 2.1)
+    out = sent(actions)
+    assert out["vm1"] == GUEST1_MAC + VM1_MAC + frame[12:]  # the held frame, released
+    assert parse_nd(parse_packet(out["up0"]).upper).target == GUEST1  # and the NA itself
+    assert engine.counters["released"] == 1
+
+
+def test_replicated_neighbor_releases_held_frames(engine):
+    other = Engine(lab_topology())
+    engine.handle_frame("up0", router_ra(), 1.0)
+    frame = udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST2)
+    engine.handle_frame("up0", frame, 2.0)
+    learned_elsewhere = [
+        a.neighbor
+        for a in other.handle_frame("vm2", udp_frame(GUEST2_MAC, VM2_MAC, GUEST2, ROUTER), 2.05)
+        if isinstance(a, Learned)
+    ]
+    assert sent(engine.on_neighbor(learned_elsewhere[0], 2.1)) == {
+        "vm2": GUEST2_MAC + VM2_MAC + frame[12:]
+    }
+
+
+def test_hold_times_out_after_three_solicitations(engine):
+    engine.handle_frame("up0", router_ra(), 1.0)
+    engine.handle_frame("up0", udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1), 10.0)
+    assert engine.next_deadline() == 11.0
+    assert set(sent(engine.poll(11.0))) == {"vm1", "vm2"}  # second solicitation
+    assert set(sent(engine.poll(12.0))) == {"vm1", "vm2"}  # third
+    assert engine.poll(12.5) == []
+    actions = engine.poll(13.0)
+    assert actions == [Dropped("up0", DropReason.HOLD_TIMEOUT)]
+    assert engine.hold.destinations == 0
+
+
+def test_hold_queue_is_bounded():
+    engine = Engine(lab_topology(), hold=HoldQueue(max_destinations=2, per_destination=2))
+    engine.handle_frame("up0", router_ra(), 1.0)
+    frames = [udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1, size=10 + i) for i in range(3)]
+    assert drops(engine.handle_frame("up0", frames[0], 2.0)) == []
+    assert drops(engine.handle_frame("up0", frames[1], 2.0)) == []
+    assert drops(engine.handle_frame("up0", frames[2], 2.0)) == [DropReason.HOLD_QUEUE_FULL]
+    engine.handle_frame("up0", udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST2), 2.0)
+    third = udp_frame(ROUTER_MAC, UP_MAC, ROUTER, parse_ipv6("2001:db8:1::999"))
+    assert drops(engine.handle_frame("up0", third, 2.0)) == [DropReason.HOLD_QUEUE_FULL]
+    na = NeighborAdvertisement(GUEST1, 0x60, (LinkLayerAddressOption(2, GUEST1_MAC),))
+    out = [
+        a.frame
+        for a in engine.handle_frame("vm1", nd_frame(GUEST1_MAC, VM1_MAC, GUEST1, ROUTER, na), 2.1)
+        if isinstance(a, Transmit) and a.interface == "vm1"
+    ]
+    assert [f[12:] for f in out] == [frames[1][12:], frames[2][12:]]  # oldest pushed out
+
+
+# --- loops ------------------------------------------------------------------------------
+
+
+def test_ra_on_a_downstream_member_is_a_loop_until_it_expires():
+    engine = Engine(lab_topology(loop_disable_s=3600))
+    ra = RouterAdvertisement(64, 0, 1800, 0, 0, (LinkLayerAddressOption(1, GUEST1_MAC),))
+    actions = engine.handle_frame("vm1", nd_frame(GUEST1_MAC, None, GUEST1_LL, ALL_NODES, ra), 10.0)
+    assert actions == [LoopDetected("vm1", "lan", 3610.0), Dropped("vm1", DropReason.LOOP_DETECTED)]
+    vm1 = engine.topology.interfaces["vm1"]
+    assert vm1.disable_reasons == {DisableReason.LOOP_DETECTED}
+    frame = udp_frame(GUEST1_MAC, VM1_MAC, GUEST1, ROUTER)
+    assert drops(engine.handle_frame("vm1", frame, 11.0)) == [DropReason.INGRESS_DISABLED]
+    group = parse_ipv6("ff02::fb")
+    fan = sent(
+        engine.handle_frame(
+            "up0", udp_frame(ROUTER_MAC, multicast_mac(group), ROUTER_LL, group), 11.0
+        )
+    )
+    assert set(fan) == {"vm2"}  # the disabled member is skipped
+    assert engine.topology.next_deadline() == 3610.0
+    assert LoopCleared("vm1") in engine.poll(3610.0)
+    assert vm1.enabled
+
+
+def test_proxied_ra_on_the_upstream_is_a_loop_outside_nested_mode():
+    engine = Engine(lab_topology(nested=False))
+    actions = engine.handle_frame("up0", router_ra(flags=0x04), 1.0)
+    assert isinstance(actions[0], LoopDetected) and sent(actions) == {}
+    nested = Engine(lab_topology(nested=True))
+    out = sent(nested.handle_frame("up0", router_ra(flags=0x04), 1.0))
+    assert set(out) == {"vm1", "vm2"}
+    assert parse_nd(parse_packet(out["vm1"]).upper).flags == 0x04
+
+
+def test_group_without_upstream_proxies_ras_instead_of_disabling():
+    topology = lab_topology()
+    topology.unset_upstream("lan")
+    engine = Engine(topology)
+    ra = RouterAdvertisement(64, 0, 0, 0, 0, ())
+    out = sent(
+        engine.handle_frame("vm1", nd_frame(GUEST1_MAC, None, GUEST1_LL, ALL_NODES, ra), 1.0)
+    )
+    assert set(out) == {"up0", "vm2"}
+    assert engine.topology.interfaces["vm1"].enabled
+
+
+# --- groups and disabled members ----------------------------------------------------------
+
+
+def test_groups_are_isolated(engine):
+    learn_router_and_guests(engine)
+    group = parse_ipv6("ff02::fb")
+    out = sent(
+        engine.handle_frame("vm3", udp_frame(GUEST3_MAC, multicast_mac(group), GUEST3, group), 2.0)
+    )
+    assert out == {}
+    frame = udp_frame(GUEST3_MAC, OTHER_MAC, GUEST3, GUEST1)
+    actions = engine.handle_frame("vm3", frame, 2.0)
+    assert not any(isinstance(a, Transmit) and a.interface != "vm3" for a in actions)
+    assert engine.neighbors.get("other", GUEST1) is None
+    assert engine.neighbors.get("lan", GUEST3) is None
+
+
+def test_unicast_to_a_disabled_member_is_dropped(engine):
+    learn_router_and_guests(engine)
+    engine.topology.set_reason("vm1", DisableReason.LINK_DOWN, True)
+    frame = udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1)
+    assert drops(engine.handle_frame("up0", frame, 2.0)) == [DropReason.EGRESS_DISABLED]
+
+
+def test_unbound_and_groupless_ingress(engine):
+    frame = udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1)
+    assert drops(engine.handle_frame("eth9", frame, 1.0)) == [DropReason.UNKNOWN_INTERFACE]
+    engine.topology.remove_from_group("vm2")
+    assert drops(engine.handle_frame("vm2", frame, 1.0)) == [DropReason.INGRESS_DISABLED]
+
+
+# --- MTU ----------------------------------------------------------------------------------
+
+
+def test_too_big_for_the_egress_gets_packet_too_big(engine):
+    learn_router_and_guests(engine)
+    engine.topology.update_link("vm1", mtu=1280)
+    frame = udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1, size=1400)
+    actions = engine.handle_frame("up0", frame, 2.0)
+    assert drops(actions) == [DropReason.MTU_EXCEEDED]
+    ptb = parse_packet(sent(actions)["up0"])
+    assert ptb.dst_mac == ROUTER_MAC and ptb.src_mac == UP_MAC
+    assert ptb.ipv6.dst == ROUTER and ptb.ipv6.src == PROXY_UP_LL
+    assert ptb.upper[:2] == b"\x02\x00" and int.from_bytes(ptb.upper[4:8], "big") == 1280
+    assert len(ptb.data) - 14 <= 1280
+    assert ptb.upper[8:48] == frame[14:54]  # quotes the offending packet
+    # A GSO super-frame whose segments fit is forwarded whole, for the kernel to segment.
+    out = sent(engine.handle_frame("up0", frame, 2.0, segment_bytes=1200))
+    assert set(out) == {"vm1"}
+
+
+def test_packet_too_big_is_rate_limited():
+    engine = Engine(lab_topology(), ptb_rate_per_s=1.0, ptb_burst=2)
+    learn_router_and_guests(engine)
+    engine.topology.update_link("vm1", mtu=1280)
+    frame = udp_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1, size=1400)
+    counts = [len(sent(engine.handle_frame("up0", frame, 2.0))) for _ in range(5)]
+    assert counts == [1, 1, 0, 0, 0]
+    assert len(sent(engine.handle_frame("up0", frame, 3.0))) == 1
+
+
+# --- timers -------------------------------------------------------------------------------
+
+
+def test_neighbors_expire_through_poll():
+    engine = Engine(lab_topology(), NeighborCache(lifetime_s=60))
+    engine.handle_frame("vm1", udp_frame(GUEST1_MAC, VM1_MAC, GUEST1, ROUTER_LL), 0.0)
+    assert engine.next_deadline() <= 60.0
+    expired = [a.neighbor.address for a in engine.poll(60.0) if isinstance(a, Expired)]
+    assert GUEST1 in expired
+    assert engine.neighbors.get("lan", GUEST1) is None
+
+
+def test_prefix_withdrawal_and_off_link_learning(engine):
+    engine.handle_frame("up0", router_ra(), 1.0)
+    # A source outside the on-link prefix is not learned as a neighbor.
+    actions = engine.handle_frame("up0", udp_frame(ROUTER_MAC, UP_MAC, REMOTE, GUEST1), 2.0)
+    assert REMOTE not in learned(actions)
+    withdraw = RouterAdvertisement(64, 0, 1800, 0, 0, (PrefixInformation(64, 0xC0, 0, 0, PREFIX),))
+    actions = engine.handle_frame(
+        "up0", nd_frame(ROUTER_MAC, None, ROUTER_LL, ALL_NODES, withdraw), 3.0
+    )
+    assert PrefixLearned("lan", PREFIX, 64, 0.0) in actions
+    assert engine.topology.groups["lan"].onlink_prefixes == {}
+
+
+def test_proxy_vm1_address_used_for_nothing_else(engine):
+    # The vm1 member's own address is local only on vm1.
+    frame = udp_frame(GUEST1_MAC, VM1_MAC, GUEST1, PROXY_VM1_LL)
+    assert drops(engine.handle_frame("vm1", frame, 1.0)) == [DropReason.LOCAL_DESTINATION]
