@@ -49,6 +49,8 @@ class DropReason(StrEnum):
     HOLD_QUEUE_FULL = "hold_queue_full"
     HOLD_TIMEOUT = "hold_timeout"
     UNSPECIFIED_DESTINATION = "unspecified_destination"
+    # Worker I/O
+    SOCKET_OVERFLOW = "socket_overflow"
 
 
 class FrameError(ValueError):

@@ -38,7 +38,13 @@ from portier.addresses import (
 )
 from portier.checksum import upper_layer_checksum
 from portier.drops import DropReason, FrameError
-from portier.frame import EXTENSION_HEADERS, IPv6Header, build_frame, locate_upper_layer
+from portier.frame import (
+    EXTENSION_HEADERS,
+    IPv6Header,
+    build_frame,
+    is_jumbogram,
+    locate_upper_layer,
+)
 from portier.groups import Interface, Topology
 from portier.holdqueue import HeldFrame, HoldQueue
 from portier.ndmsg import (
@@ -64,6 +70,9 @@ _FOREVER = float("inf")
 class Transmit(NamedTuple):
     interface: str
     frame: bytes
+    # The caller's `meta` of the received frame when everything after the Ethernet
+    # addresses is that frame's bytes unchanged (offload metadata still applies); else None.
+    meta: object = None
 
 
 class Dropped(NamedTuple):
@@ -122,12 +131,20 @@ class Engine:
     # --- ingress -------------------------------------------------------------------
 
     def handle_frame(
-        self, ingress: str, frame: bytes, now: float, *, segment_bytes: int = 0
+        self,
+        ingress: str,
+        frame: bytes,
+        now: float,
+        *,
+        segment_bytes: int = 0,
+        meta: object = None,
     ) -> list[Action]:
         """Decide what to do with one received frame.
 
         `segment_bytes` is the IPv6 length of each segment when the frame is a GSO/GRO
         super-frame that the kernel will segment on egress; 0 for an ordinary frame.
+        `meta` is opaque to the engine: it comes back on every Transmit that carries the
+        frame's bytes unchanged (the worker keeps offload metadata in it).
         """
         iface = self.topology.interfaces.get(ingress)
         if iface is None:
@@ -141,11 +158,15 @@ class Engine:
             return [Dropped(ingress, DropReason.NOT_IPV6)]
         if frame[14] >> 4 != 6:
             return [Dropped(ingress, DropReason.BAD_IP_VERSION)]
-        end = 54 + (frame[18] << 8 | frame[19])
-        if end > size:
-            return [Dropped(ingress, DropReason.TRUNCATED)]
-        if end < size:
-            frame = frame[:end]  # Ethernet padding
+        payload_length = frame[18] << 8 | frame[19]
+        if payload_length == 0 and is_jumbogram(frame):
+            end = size  # BIG TCP: the length is in the hop-by-hop Jumbo Payload option
+        else:
+            end = 54 + payload_length
+            if end > size:
+                return [Dropped(ingress, DropReason.TRUNCATED)]
+            if end < size:
+                frame = frame[:end]  # Ethernet padding
         if not frame[0] & 1 and frame[0:6] != iface.mac:
             return [Dropped(ingress, DropReason.NOT_FOR_US)]
         if frame[6:12] in self.topology.own_macs():
@@ -189,9 +210,9 @@ class Engine:
             actions.append(Dropped(ingress, DropReason.LOCAL_DESTINATION))
             return actions
         if dst[0] == 0xFF:
-            self._fan_out(iface, frame, dst, -1, actions)
+            self._fan_out(iface, frame, dst, -1, actions, meta)
             return actions
-        self._forward_unicast(iface, frame, dst, -1, now, actions, segment_bytes)
+        self._forward_unicast(iface, frame, dst, -1, now, actions, segment_bytes, meta)
         return actions
 
     def _handle_nd(self, iface: Interface, frame: bytes, offset: int, now: float) -> list[Action]:
@@ -254,15 +275,21 @@ class Engine:
         if dst in iface.addresses:
             actions.append(Dropped(ingress, DropReason.LOCAL_DESTINATION))
         elif dst[0] == 0xFF:
-            self._fan_out(iface, frame, dst, offset, actions)
+            self._fan_out(iface, frame, dst, offset, actions, None)
         else:
-            self._forward_unicast(iface, frame, dst, offset, now, actions, 0)
+            self._forward_unicast(iface, frame, dst, offset, now, actions, 0, None)
         return actions
 
     # --- egress --------------------------------------------------------------------
 
     def _fan_out(
-        self, iface: Interface, frame: bytes, dst: bytes, icmp_offset: int, actions: list[Action]
+        self,
+        iface: Interface,
+        frame: bytes,
+        dst: bytes,
+        icmp_offset: int,
+        actions: list[Action],
+        meta: object,
     ) -> None:
         dst_mac = multicast_mac(dst)
         rest = frame[12:]
@@ -276,10 +303,11 @@ class Engine:
                 actions.append(Dropped(member.name, DropReason.MTU_EXCEEDED))
                 continue
             if icmp_offset < 0:
-                out = dst_mac + member.mac + rest
+                actions.append(Transmit(member.name, dst_mac + member.mac + rest, meta))
             else:
-                out = rewrite_nd(frame, icmp_offset, member.mac, dst_mac)
-            actions.append(Transmit(member.name, out))
+                actions.append(
+                    Transmit(member.name, rewrite_nd(frame, icmp_offset, member.mac, dst_mac))
+                )
             sent = True
         if not sent:
             actions.append(Dropped(iface.name, DropReason.NO_EGRESS))
@@ -293,6 +321,7 @@ class Engine:
         now: float,
         actions: list[Action],
         segment_bytes: int,
+        meta: object,
     ) -> None:
         group = iface.group
         assert group is not None
@@ -306,7 +335,7 @@ class Engine:
                 if upstream is not None and upstream != iface.name:
                     entry = self.neighbors.best_router(group, upstream, now)
             if entry is None:
-                self._hold(iface, frame, dst, icmp_offset, now, actions)
+                self._hold(iface, frame, dst, icmp_offset, now, actions, meta)
                 return
         egress_name = entry.interface
         if egress_name == iface.name:
@@ -322,10 +351,11 @@ class Engine:
             self._packet_too_big(iface, frame, egress.mtu, now, actions)
             return
         if icmp_offset < 0:
-            out = entry.mac + egress.mac + frame[12:]
+            actions.append(Transmit(egress_name, entry.mac + egress.mac + frame[12:], meta))
         else:
-            out = rewrite_nd(frame, icmp_offset, egress.mac, entry.mac)
-        actions.append(Transmit(egress_name, out))
+            actions.append(
+                Transmit(egress_name, rewrite_nd(frame, icmp_offset, egress.mac, entry.mac))
+            )
 
     def _hold(
         self,
@@ -335,12 +365,13 @@ class Engine:
         icmp_offset: int,
         now: float,
         actions: list[Action],
+        meta: object,
     ) -> None:
         group = iface.group
         assert group is not None
         source = frame[22:38]
         pending, pushed_out = self.hold.hold(
-            group, dst, source, HeldFrame(iface.name, frame, icmp_offset), now
+            group, dst, source, HeldFrame(iface.name, frame, icmp_offset, meta), now
         )
         if pushed_out is not None:
             actions.append(Dropped(pushed_out.ingress, DropReason.HOLD_QUEUE_FULL))
@@ -409,7 +440,9 @@ class Engine:
                 actions.append(Dropped(held.ingress, DropReason.INGRESS_DISABLED))
                 continue
             self.counters["released"] += 1
-            self._forward_unicast(iface, held.frame, address, held.icmp_offset, now, actions, 0)
+            self._forward_unicast(
+                iface, held.frame, address, held.icmp_offset, now, actions, 0, held.meta
+            )
 
     def _learn_prefixes(
         self, group: str, message: RouterAdvertisement, now: float, actions: list[Action]

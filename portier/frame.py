@@ -87,7 +87,9 @@ def parse_packet(frame: bytes) -> Packet:
     )
     if first >> 28 != 6:
         raise FrameError(DropReason.BAD_IP_VERSION, f"version {first >> 28}")
-    end = L4_OFFSET + payload_length
+    # A jumbogram (RFC 2675, as BIG TCP sends) carries its length in a hop-by-hop option.
+    jumbo = is_jumbogram(frame)
+    end = len(frame) if jumbo else L4_OFFSET + payload_length
     if end > len(frame):
         raise FrameError(
             DropReason.TRUNCATED,
@@ -107,11 +109,22 @@ def parse_packet(frame: bytes) -> Packet:
     return Packet(frame[0:6], frame[6:12], header, protocol, offset, data, fragmented, routed)
 
 
+def is_jumbogram(frame: bytes) -> bool:
+    """Payload length 0 and a Jumbo Payload option first in the hop-by-hop header."""
+    return (
+        frame[18] == 0
+        and frame[19] == 0
+        and frame[20] == NH_HOP_BY_HOP
+        and len(frame) > L4_OFFSET + 2
+        and frame[L4_OFFSET + 2] == 0xC2
+    )
+
+
 def locate_upper_layer(data: bytes, next_header: int) -> tuple[int, int, bool, bool]:
     """Walk extension headers: (protocol, offset in frame, fragmented, routed)."""
     offset = L4_OFFSET
     fragmented = routed = False
-    for _ in range(_MAX_EXTENSION_HEADERS):
+    for _ in range(_MAX_EXTENSION_HEADERS + 1):  # the last pass only finds the upper layer
         if next_header not in EXTENSION_HEADERS:
             return next_header, offset, fragmented, routed
         if offset + 8 > len(data):

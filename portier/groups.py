@@ -132,6 +132,10 @@ class Topology:
             interface.addresses = frozenset(addresses)
         return OK
 
+    def invalidate(self) -> None:
+        """Forget derived data after the interfaces were replaced wholesale."""
+        self._own_macs = None
+
     def own_macs(self) -> frozenset[bytes]:
         """MACs of every bound interface: a frame from one of them is our own echo."""
         if self._own_macs is None:

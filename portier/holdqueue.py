@@ -22,6 +22,7 @@ class HeldFrame:
     ingress: str
     frame: bytes
     icmp_offset: int  # where the ND message starts, or -1 for a data frame
+    meta: object = None  # the caller's opaque per-frame data, handed back on release
 
 
 @dataclass(slots=True)

@@ -208,7 +208,7 @@ class RawOption:
     data: bytes
 
     def encode(self) -> bytes:
-        return bytes((self.type, (len(self.data) + 2) // 8)) + self.data
+        return _header(self.type, _pad(self.data))
 
 
 Option = (

@@ -101,7 +101,11 @@ WORKER_KINDS: dict[str, tuple[Field, ...]] = {
         _f("addresses", list),
         _f("up", bool),
     ),
-    "heartbeat": (_f("counters", dict, required=False), _f("seq", int, required=False)),
+    "heartbeat": (
+        _f("counters", dict, required=False),
+        _f("drops", dict, required=False),
+        _f("seq", int, required=False),
+    ),
     "resync": (_f("seq", int, required=False),),
     # supervisor -> worker
     "snapshot": (_f("seq", int), _f("state", dict)),

@@ -452,3 +452,14 @@ def test_proxy_vm1_address_used_for_nothing_else(engine):
     # The vm1 member's own address is local only on vm1.
     frame = udp_frame(GUEST1_MAC, VM1_MAC, GUEST1, PROXY_VM1_LL)
     assert drops(engine.handle_frame("vm1", frame, 1.0)) == [DropReason.LOCAL_DESTINATION]
+
+
+def test_jumbogram_super_frame_is_forwarded_whole(engine):
+    """BIG TCP hands over frames with payload length 0 behind a hop-by-hop jumbo option."""
+    learn_router_and_guests(engine)
+    hop_by_hop = bytes([6, 0, 0xC2, 4]) + (70000).to_bytes(4, "big")  # next header TCP
+    body = hop_by_hop + bytes(70000 - 8)
+    frame = udp_frame(GUEST1_MAC, VM1_MAC, GUEST1, ROUTER, size=0)
+    frame = frame[:18] + b"\x00\x00\x00" + frame[21:54] + body
+    out = sent(engine.handle_frame("vm1", frame, 2.0, segment_bytes=1440))
+    assert out == {"up0": ROUTER_MAC + UP_MAC + frame[12:]}

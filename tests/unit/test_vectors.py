@@ -373,3 +373,17 @@ def test_ns_rewrite_example():
     assert out[54:] == H("870060cf 00000000 fe800000 00000000 98323d50 3aa35af9 01010200 00000001")
     packet = parse_packet(out)
     assert packet.ipv6.hop_limit == 255
+
+
+def test_nine_extension_headers_are_too_many():
+    chain = bytes([60, 0, 1, 4, 0, 0, 0, 0]) * 8 + bytes([58, 0, 1, 4, 0, 0, 0, 0])
+    payload = chain + bytes([133, 0, 0, 0, 0, 0, 0, 0])
+    src = parse_ipv6("fe80::1")
+    frame = build_frame(bytes(6), bytes(6), IPv6Header(src, src, 60, 255, len(payload)), payload)
+    with pytest.raises(FrameError) as err:
+        parse_packet(frame)
+    assert err.value.reason == DropReason.BAD_EXTENSION_HEADER
+
+
+def test_raw_option_pads_itself():
+    assert RawOption(9, b"abc").encode() == b"\x09\x01abc\x00\x00\x00"

@@ -1,0 +1,188 @@
+"""The configuration file (TOML) and its validation.
+
+The whole file is checked before anything starts; an error names the file, the field
+and what is wrong.  Defaults follow DESIGN.md's user-facing contract.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from portier.groups import check_group_name, check_interface_name
+
+DEFAULT_PATH = Path("/etc/portier/portier.toml")
+
+
+class ConfigError(ValueError):
+    def __init__(self, path: Path | str, where: str, problem: str) -> None:
+        super().__init__(f"{path}: {where}: {problem}" if where else f"{path}: {problem}")
+        self.path = str(path)
+        self.where = where
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    name: str
+    upstream: str | None = None
+    members: tuple[str, ...] = ()
+
+    @property
+    def interfaces(self) -> tuple[str, ...]:
+        return ((self.upstream,) if self.upstream else ()) + self.members
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    nested: bool = False
+    loop_disable_seconds: float = 3600.0
+    runtime_dir: Path = Path("/run/portier")
+    state_dir: Path = Path("/var/lib/portier")
+    control_group: str = "portier"
+    metrics_listen: str = "127.0.0.1:9470"
+    neighbor_capacity: int = 16384
+    neighbor_lifetime_seconds: float = 600.0
+    groups: tuple[GroupConfig, ...] = field(default_factory=tuple)
+    source: str = "<defaults>"
+
+
+_TOP = {"nested", "loop_disable_seconds", "daemon", "metrics", "neighbors", "group"}
+_DAEMON = {"runtime_dir", "state_dir", "control_group"}
+_METRICS = {"listen"}
+_NEIGHBORS = {"capacity", "lifetime_seconds"}
+_GROUP = {"name", "upstream", "members"}
+
+
+def _table(data: dict[str, Any], key: str, allowed: set[str], path: Path) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(path, key, "must be a table")
+    _only(value, allowed, key, path)
+    return value
+
+
+def _only(table: dict[str, Any], allowed: set[str], where: str, path: Path) -> None:
+    for key in table:
+        if key not in allowed:
+            name = f"{where}.{key}" if where else key
+            raise ConfigError(
+                path, name, f"unknown field (expected one of {', '.join(sorted(allowed))})"
+            )
+
+
+def _typed(
+    table: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    where: str,
+    path: Path,
+    default: Any,
+) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(path, where, f"must be {kinds[0].__name__}, not a boolean")
+    if not isinstance(value, kinds):
+        raise ConfigError(path, where, f"must be {kinds[0].__name__}, not {type(value).__name__}")
+    return value
+
+
+def parse_config(text: str, path: Path | str = "<string>") -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    _only(data, _TOP, "", path)
+    nested = _typed(data, "nested", bool, "nested", path, False)
+    loop_s = _typed(data, "loop_disable_seconds", (int, float), "loop_disable_seconds", path, 3600)
+    if loop_s <= 0:
+        raise ConfigError(path, "loop_disable_seconds", "must be greater than 0")
+    daemon = _table(data, "daemon", _DAEMON, path)
+    metrics = _table(data, "metrics", _METRICS, path)
+    neighbors = _table(data, "neighbors", _NEIGHBORS, path)
+    runtime_dir = _typed(daemon, "runtime_dir", str, "daemon.runtime_dir", path, "/run/portier")
+    state_dir = _typed(daemon, "state_dir", str, "daemon.state_dir", path, "/var/lib/portier")
+    control_group = _typed(daemon, "control_group", str, "daemon.control_group", path, "portier")
+    listen = _typed(metrics, "listen", str, "metrics.listen", path, "127.0.0.1:9470")
+    _check_listen(listen, path)
+    capacity = _typed(neighbors, "capacity", int, "neighbors.capacity", path, 16384)
+    if capacity < 1:
+        raise ConfigError(path, "neighbors.capacity", "must be at least 1")
+    lifetime = _typed(
+        neighbors, "lifetime_seconds", (int, float), "neighbors.lifetime_seconds", path, 600
+    )
+    if lifetime <= 0:
+        raise ConfigError(path, "neighbors.lifetime_seconds", "must be greater than 0")
+
+    raw_groups = data.get("group", [])
+    if not isinstance(raw_groups, list):
+        raise ConfigError(path, "group", "must be an array of tables ([[group]])")
+    groups: list[GroupConfig] = []
+    seen_groups: set[str] = set()
+    owner: dict[str, str] = {}
+    for index, raw in enumerate(raw_groups):
+        where = f"group[{index}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(path, where, "must be a table")
+        _only(raw, _GROUP, where, path)
+        if "name" not in raw:
+            raise ConfigError(path, f"{where}.name", "is required")
+        name = _typed(raw, "name", str, f"{where}.name", path, "")
+        status = check_group_name(name)
+        if not status:
+            raise ConfigError(path, f"{where}.name", status.message)
+        if name in seen_groups:
+            raise ConfigError(path, f"{where}.name", f"group {name} is defined twice")
+        seen_groups.add(name)
+        upstream = _typed(raw, "upstream", str, f"{where}.upstream", path, None)
+        members = _typed(raw, "members", list, f"{where}.members", path, [])
+        names = ([(f"{where}.upstream", upstream)] if upstream is not None else []) + [
+            (f"{where}.members[{i}]", m) for i, m in enumerate(members)
+        ]
+        for field_name, interface in names:
+            status = check_interface_name(interface)
+            if not status:
+                raise ConfigError(path, field_name, status.message)
+            if interface in owner:
+                raise ConfigError(
+                    path,
+                    field_name,
+                    f"interface {interface} is already in group {owner[interface]}",
+                )
+            owner[interface] = name
+        groups.append(GroupConfig(name, upstream, tuple(members)))
+    return Config(
+        nested=nested,
+        loop_disable_seconds=float(loop_s),
+        runtime_dir=Path(runtime_dir),
+        state_dir=Path(state_dir),
+        control_group=control_group,
+        metrics_listen=listen,
+        neighbor_capacity=capacity,
+        neighbor_lifetime_seconds=float(lifetime),
+        groups=tuple(groups),
+        source=str(path),
+    )
+
+
+def _check_listen(listen: str, path: Path) -> None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(path, "metrics.listen", f"must be HOST:PORT, not {listen!r}")
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "is not UTF-8 text") from None
+    return parse_config(text, path)

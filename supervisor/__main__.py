@@ -1,0 +1,5 @@
+import sys
+
+from portier.supervisor.main import main
+
+sys.exit(main())

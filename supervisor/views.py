@@ -1,0 +1,96 @@
+"""Read-only views of the supervisor's state as plain data (for status files and control).
+
+Addresses are rendered as text here, at the edge; nothing here changes state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from portier.addresses import format_ipv6, format_mac
+from portier.groups import Topology
+from portier.neighbors import NeighborCache
+from portier.supervisor.workerpool import WorkerPool
+
+
+def interfaces_view(topology: Topology, now: float) -> list[dict[str, Any]]:
+    rows = []
+    for interface in topology.interfaces.values():
+        group = topology.groups.get(interface.group) if interface.group else None
+        until = interface.loop_disabled_until
+        rows.append(
+            {
+                "name": interface.name,
+                "group": interface.group,
+                "role": "upstream" if group and group.upstream == interface.name else "member",
+                "ifindex": interface.ifindex,
+                "mac": format_mac(interface.mac) if interface.mac else "",
+                "mtu": interface.mtu,
+                "addresses": [format_ipv6(a) for a in sorted(interface.addresses)],
+                "forwarding": interface.enabled,
+                "disable_reasons": sorted(r.value for r in interface.disable_reasons),
+                "loop_disabled_for_s": round(until - now, 1) if until else None,
+            }
+        )
+    return rows
+
+
+def groups_view(topology: Topology) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": group.name,
+            "upstream": group.upstream,
+            "members": list(group.members),
+            "onlink_prefixes": [
+                f"{format_ipv6(prefix)}/{length}" for prefix, length in group.onlink_prefixes
+            ],
+        }
+        for group in sorted(topology.groups.values(), key=lambda g: g.name)
+    ]
+
+
+def neighbors_view(
+    neighbors: NeighborCache, now: float, group: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "group": entry.group,
+            "address": format_ipv6(entry.address),
+            "interface": entry.interface,
+            "mac": format_mac(entry.mac),
+            "state": entry.state(now).value,
+            "router": entry.is_router,
+            "age_s": round(now - entry.first_seen, 1),
+            "idle_s": round(now - entry.last_seen, 1),
+        }
+        for entry in neighbors
+        if group is None or entry.group == group
+    ]
+
+
+def workers_view(pool: WorkerPool) -> list[dict[str, Any]]:
+    return [
+        {
+            "interface": handle.interface,
+            "state": handle.state.value,
+            "pid": handle.pid if handle.process is not None else None,
+            "restarts": handle.restarts,
+            "last_exit": handle.last_exit,
+            "counters": handle.counters,
+            "drops": handle.drops,
+        }
+        for handle in sorted(pool.handles.values(), key=lambda h: h.interface)
+    ]
+
+
+def status_view(topology: Topology, neighbors: NeighborCache, pool: WorkerPool) -> dict[str, Any]:
+    now = time.monotonic()
+    return {
+        "nested": topology.nested,
+        "loop_disable_s": topology.loop_disable_s,
+        "groups": groups_view(topology),
+        "interfaces": interfaces_view(topology, now),
+        "neighbors": neighbors_view(neighbors, now),
+        "workers": workers_view(pool),
+    }

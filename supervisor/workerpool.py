@@ -1,0 +1,218 @@
+"""Worker lifecycle: spawn by exec, watch, restart with backoff, give up when flapping.
+
+One-for-one supervision: each bound interface has one worker process.  A worker that
+exits, or misses heartbeats, is restarted after an exponential backoff (0.1 s doubling
+up to 30 s; a worker that ran for a minute starts again from 0.1 s).  More than
+`intensity` restarts within `period_s` marks the interface FAILED: it is reported and
+left alone until an operator acts, never restarted in a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+log = logging.getLogger("portier.supervisor")
+
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+HEARTBEAT_TIMEOUT_S = 5.0
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"  # spawned, no hello yet
+    RUNNING = "running"
+    BACKOFF = "backoff"  # exited; waiting to restart
+    FAILED = "failed"  # restart intensity exceeded
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class WorkerHandle:
+    interface: str
+    state: WorkerState = WorkerState.STOPPED
+    process: asyncio.subprocess.Process | None = None
+    pid: int = 0
+    restarts: int = 0
+    started_at: float = 0.0
+    last_heartbeat: float = 0.0
+    backoff_s: float = BACKOFF_MIN_S
+    restart_times: deque[float] = field(default_factory=deque)
+    seq: int = -1  # last delta sequence sent; -1 before the snapshot
+    counters: dict[str, Any] = field(default_factory=dict)
+    drops: dict[str, Any] = field(default_factory=dict)
+    last_exit: int | None = None
+    restart_task: asyncio.Task[None] | None = None
+    watch_task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.state == WorkerState.RUNNING and self.seq >= 0
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        worker_args: list[str],
+        on_state: Callable[[WorkerHandle], None],
+        intensity: int = 5,
+        period_s: float = 60.0,
+        command: list[str] | None = None,
+    ) -> None:
+        self.command = command or [sys.executable, "-m", "portier.workers"]
+        self.endpoint = endpoint
+        self.worker_args = worker_args
+        self.on_state = on_state
+        self.intensity = intensity
+        self.period_s = period_s
+        self.handles: dict[str, WorkerHandle] = {}
+        self.stopping = False
+
+    def _set(self, handle: WorkerHandle, state: WorkerState) -> None:
+        if handle.state != state:
+            handle.state = state
+            self.on_state(handle)
+
+    async def start(self, interface: str) -> WorkerHandle:
+        handle = self.handles.get(interface)
+        if handle is None:
+            handle = self.handles[interface] = WorkerHandle(interface)
+        if handle.process is not None and handle.process.returncode is None:
+            return handle
+        argv = [
+            *self.command,
+            "--interface",
+            interface,
+            "--endpoint",
+            self.endpoint,
+            *self.worker_args,
+        ]
+        try:
+            process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
+        except OSError as exc:
+            log.error("cannot start worker for %s: %s", interface, exc)
+            self._schedule_restart(handle)
+            return handle
+        handle.process = process
+        handle.pid = process.pid
+        handle.seq = -1
+        handle.started_at = handle.last_heartbeat = time.monotonic()
+        self._set(handle, WorkerState.STARTING)
+        log.info("worker %s started, pid %d", interface, process.pid)
+        handle.watch_task = asyncio.create_task(self._watch(handle, process))
+        return handle
+
+    async def _watch(self, handle: WorkerHandle, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if handle.process is not process:
+            return
+        handle.last_exit = code
+        handle.process = None
+        handle.seq = -1
+        if self.stopping or handle.state == WorkerState.STOPPED:
+            self._set(handle, WorkerState.STOPPED)
+            return
+        log.warning("worker %s (pid %d) exited with %s", handle.interface, handle.pid, code)
+        self._schedule_restart(handle)
+
+    def _schedule_restart(self, handle: WorkerHandle) -> None:
+        now = time.monotonic()
+        if now - handle.started_at >= STABLE_AFTER_S:
+            handle.backoff_s = BACKOFF_MIN_S
+        while handle.restart_times and now - handle.restart_times[0] > self.period_s:
+            handle.restart_times.popleft()
+        if len(handle.restart_times) >= self.intensity:
+            log.error(
+                "worker %s restarted %d times in %.0f s: FAILED, not restarting",
+                handle.interface,
+                len(handle.restart_times),
+                self.period_s,
+            )
+            self._set(handle, WorkerState.FAILED)
+            return
+        handle.restart_times.append(now)
+        delay = handle.backoff_s
+        handle.backoff_s = min(BACKOFF_MAX_S, handle.backoff_s * 2)
+        self._set(handle, WorkerState.BACKOFF)
+        handle.restart_task = asyncio.create_task(self._restart_later(handle, delay))
+
+    async def _restart_later(self, handle: WorkerHandle, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.stopping or handle.state != WorkerState.BACKOFF:
+            return
+        handle.restarts += 1
+        await self.start(handle.interface)
+
+    def heard_from(self, interface: str) -> WorkerHandle | None:
+        handle = self.handles.get(interface)
+        if handle is not None:
+            handle.last_heartbeat = time.monotonic()
+        return handle
+
+    def mark_running(self, handle: WorkerHandle) -> None:
+        self._set(handle, WorkerState.RUNNING)
+
+    def check_heartbeats(self, now: float) -> None:
+        for handle in self.handles.values():
+            if (
+                handle.state in (WorkerState.STARTING, WorkerState.RUNNING)
+                and handle.process is not None
+                and now - handle.last_heartbeat > HEARTBEAT_TIMEOUT_S
+            ):
+                log.error(
+                    "worker %s missed its heartbeats; killing pid %d", handle.interface, handle.pid
+                )
+                self._kill(handle, signal.SIGKILL)
+                handle.last_heartbeat = now  # one kill per timeout
+
+    def _kill(self, handle: WorkerHandle, signum: int) -> None:
+        if handle.process is not None and handle.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.pid, signum)
+
+    async def stop(self, interface: str, timeout_s: float = 2.0) -> None:
+        handle = self.handles.get(interface)
+        if handle is None:
+            return
+        if handle.restart_task is not None:
+            handle.restart_task.cancel()
+        self._set(handle, WorkerState.STOPPED)
+        await self._terminate([handle], timeout_s)
+        del self.handles[interface]
+
+    async def stop_all(self, timeout_s: float = 3.0) -> None:
+        self.stopping = True
+        handles = list(self.handles.values())
+        for handle in handles:
+            if handle.restart_task is not None:
+                handle.restart_task.cancel()
+        await self._terminate(handles, timeout_s)
+
+    async def _terminate(self, handles: list[WorkerHandle], timeout_s: float) -> None:
+        live = [h for h in handles if h.process is not None and h.process.returncode is None]
+        for handle in live:
+            self._kill(handle, signal.SIGTERM)
+        waits = [h.process.wait() for h in live if h.process is not None]
+        if not waits:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
+        except TimeoutError:
+            for handle in live:
+                self._kill(handle, signal.SIGKILL)
+            await asyncio.gather(
+                *(h.process.wait() for h in live if h.process), return_exceptions=True
+            )

@@ -1,0 +1,135 @@
+"""Run the real portierd inside a lab's proxy namespace, as a test would use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab import Lab, LabError, wait_for
+
+
+@dataclass
+class GroupSpec:
+    name: str
+    upstream: str | None
+    members: list[str] = field(default_factory=list)
+
+
+def render_config(lab: Lab, groups: list[GroupSpec], extra: str = "") -> str:
+    lines = [
+        extra,
+        "[daemon]",
+        f'runtime_dir = "{lab.workdir}/run"',
+        f'state_dir = "{lab.workdir}/state"',
+        "",
+    ]
+    for group in groups:
+        lines.append("[[group]]")
+        lines.append(f'name = "{group.name}"')
+        if group.upstream:
+            lines.append(f'upstream = "{group.upstream}"')
+        lines.append("members = [" + ", ".join(f'"{m}"' for m in group.members) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def lab_groups(lab: Lab) -> list[GroupSpec]:
+    """`lan` = up0 + the lab's ordinary guests; `iso` = its isolated guests, no upstream."""
+    groups = [GroupSpec("lan", "up0", [g.port for g in lab.guest_list if g.group == "lan"])]
+    isolated = [g.port for g in lab.guest_list if g.group == "iso"]
+    if isolated:
+        groups.append(GroupSpec("iso", None, isolated))
+    return groups
+
+
+class Daemon:
+    def __init__(self, lab: Lab, groups: list[GroupSpec] | None = None, extra: str = "") -> None:
+        self.lab = lab
+        self.config = lab.workdir / "portier.toml"
+        self.config.write_text(render_config(lab, groups or lab_groups(lab), extra))
+        self.runtime_dir = lab.workdir / "run"
+        self.log_path = lab.workdir / "portierd.log"
+        self.process: subprocess.Popen | None = None
+        self.notify_path = lab.workdir / "notify.sock"
+        self.notify: socket.socket | None = None
+
+    def start(self, timeout: float = 30.0) -> Daemon:
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))
+        self.process = self.lab.spawn(
+            self.lab.proxy,
+            sys.executable,
+            "-m",
+            "portier.supervisor",
+            "--config",
+            str(self.config),
+            "--log-level",
+            "debug",
+            stdout=self.log_path.open("a"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.wait_notify("READY=1", timeout)
+        return self
+
+    def wait_notify(self, word: str, timeout: float) -> str:
+        assert self.notify is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LabError(
+                    f"portierd did not say {word} within {timeout} s:\n{self.log_tail()}"
+                )
+            self.notify.settimeout(remaining)
+            try:
+                message = self.notify.recv(4096).decode()
+            except TimeoutError:
+                continue
+            if word in message.splitlines():
+                return message
+
+    def status(self, timeout: float = 10.0) -> dict:
+        """Ask for a status dump (SIGUSR1) and read it."""
+        path = self.runtime_dir / "status.json"
+        path.unlink(missing_ok=True)
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGUSR1)
+        wait_for(path.exists, timeout, "status.json after SIGUSR1")
+        return json.loads(path.read_text())
+
+    def worker(self, interface: str) -> dict:
+        return next(w for w in self.status()["workers"] if w["interface"] == interface)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        if self.notify is not None:
+            self.notify.close()
+        return code
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def netns_available() -> bool:
+    if os.geteuid() != 0:
+        return False
+    probe = f"ptprobe{os.getpid()}"
+    ok = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return ok
+
+
+PEERS = str(Path(__file__).with_name("tcpcheck.py"))

@@ -1,0 +1,72 @@
+"""Tiny TCP/UDP peers for the netns tests, run with `python tcpcheck.py ROLE ...`.
+
+server PORT            accept one TCP connection, print "<bytes> <sha256>" of what came
+client ADDR PORT SIZE  send SIZE pseudo-random bytes, print "<bytes> <sha256>"
+udprecv PORT COUNT     print the hop limit of each of COUNT datagrams received
+udpsend ADDR PORT HOPS send a datagram with that hop limit, once per 0.1 s, 50 times at most
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+import sys
+import time
+
+
+def server(port: int) -> None:
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("::", port))
+    listener.listen(1)
+    listener.settimeout(60)
+    print("listening", flush=True)
+    conn, _ = listener.accept()
+    conn.settimeout(60)
+    digest = hashlib.sha256()
+    total = 0
+    while chunk := conn.recv(1 << 16):
+        digest.update(chunk)
+        total += len(chunk)
+    print(total, digest.hexdigest(), flush=True)
+
+
+def client(address: str, port: int, size: int) -> None:
+    data = random.Random(4389).randbytes(size)
+    with socket.create_connection((address, port), timeout=60) as conn:
+        conn.sendall(data)
+    print(size, hashlib.sha256(data).hexdigest(), flush=True)
+
+
+def udp_receive(port: int, count: int) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+    sock.bind(("::", port))
+    sock.settimeout(30)
+    print("listening", flush=True)
+    for _ in range(count):
+        _data, ancillary, _flags, _addr = sock.recvmsg(2048, socket.CMSG_SPACE(4))
+        for level, kind, value in ancillary:
+            if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT:
+                print(int.from_bytes(value[:4], sys.byteorder), flush=True)
+
+
+def udp_send(address: str, port: int, hops: int) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+    for _ in range(50):
+        sock.sendto(b"hop limit probe", (address, port))
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    role, *rest = sys.argv[1:]
+    if role == "server":
+        server(int(rest[0]))
+    elif role == "client":
+        client(rest[0], int(rest[1]), int(rest[2]))
+    elif role == "udprecv":
+        udp_receive(int(rest[0]), int(rest[1]))
+    elif role == "udpsend":
+        udp_send(rest[0], int(rest[1]), int(rest[2]))

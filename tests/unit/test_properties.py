@@ -1,0 +1,469 @@
+"""Hypothesis property tests for the frame/ND codec, validation, rewriting and checksum.
+
+a) No input makes parse_packet, parse_nd or validate_nd raise anything but FrameError.
+b) Messages built from random fields and options round-trip through encode/parse.
+c) RFC 4389 rewriting changes only the bytes the RFC allows, and the result validates.
+d) The checksum equals a naive RFC 1071 reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
+
+from portier.addresses import solicited_node
+from portier.checksum import ones_complement_sum, upper_layer_checksum, verify_upper_layer
+from portier.drops import FrameError
+from portier.frame import IPv6Header, build_frame, parse_packet
+from portier.ndmsg import (
+    DnsSearchList,
+    LinkLayerAddressOption,
+    MtuOption,
+    NDMessage,
+    NeighborAdvertisement,
+    NeighborSolicitation,
+    Option,
+    PrefixInformation,
+    RawOption,
+    RecursiveDnsServers,
+    Redirect,
+    RedirectedHeader,
+    RouterAdvertisement,
+    RouterSolicitation,
+    encode_nd,
+    parse_nd,
+    with_checksum,
+)
+from portier.rewrite import rewrite_nd
+from portier.validation import validate_nd
+
+SETTINGS = settings(max_examples=200, deadline=None)
+
+u8 = st.integers(0, 0xFF)
+u16 = st.integers(0, 0xFFFF)
+u24 = st.integers(0, 0xFFFFFF)
+u32 = st.integers(0, 0xFFFFFFFF)
+u48 = st.integers(0, (1 << 48) - 1)
+macs = st.binary(min_size=6, max_size=6)
+addresses = st.binary(min_size=16, max_size=16)
+LINK_LOCAL = bytes.fromhex("fe80000000000000")
+
+
+def blocks(min_units: int = 0, max_units: int = 4, extra: int = 0) -> st.SearchStrategy[bytes]:
+    """Random bytes of length 8*n + extra: option data that needs no padding."""
+    return st.integers(min_units, max_units).flatmap(
+        lambda n: st.binary(min_size=8 * n + extra, max_size=8 * n + extra)
+    )
+
+
+def only_frame_error(function: Callable[..., Any], *args: Any) -> Any:
+    """Call; a FrameError gives None, any other exception fails the test."""
+    try:
+        return function(*args)
+    except FrameError:
+        return None
+
+
+# --- strategies: options and messages in canonical (already padded) form --------------
+
+
+def _interpreted(option_type: int, units: int) -> bool:
+    """Whether Portier parses an option of this type and size into a typed option."""
+    return (
+        option_type in (1, 2, 4)
+        or (option_type == 3 and units == 4)
+        or (option_type == 5 and units == 1)
+        or (option_type == 25 and units >= 3 and units % 2 == 1)
+        or (option_type == 31 and units >= 2)
+    )
+
+
+raw_options = (
+    st.tuples(u8, st.integers(1, 5))
+    .filter(lambda kind_units: not _interpreted(*kind_units))
+    .flatmap(
+        lambda kind_units: st.builds(
+            RawOption,
+            st.just(kind_units[0]),
+            st.binary(min_size=kind_units[1] * 8 - 2, max_size=kind_units[1] * 8 - 2),
+        )
+    )
+)
+link_layer_options = st.builds(
+    LinkLayerAddressOption, st.sampled_from([1, 2]), macs | blocks(1, 2, extra=6)
+)
+prefix_options = st.builds(PrefixInformation, u8, u8, u32, u32, addresses, u32)
+redirected_headers = st.builds(RedirectedHeader, blocks(0, 8), u48)
+mtu_options = st.builds(MtuOption, u32, u16)
+rdnss_options = st.builds(
+    RecursiveDnsServers, u32, st.lists(addresses, min_size=1, max_size=4).map(tuple), u16
+)
+dnssl_options = st.builds(DnsSearchList, u32, blocks(1, 4), u16)
+options = st.one_of(
+    raw_options,
+    link_layer_options,
+    prefix_options,
+    redirected_headers,
+    mtu_options,
+    rdnss_options,
+    dnssl_options,
+)
+option_lists = st.lists(options, max_size=6).map(tuple)
+
+messages = st.one_of(
+    st.builds(RouterSolicitation, option_lists, u32, u8, u16),
+    st.builds(RouterAdvertisement, u8, u8, u16, u32, u32, option_lists, u8, u16),
+    st.builds(NeighborSolicitation, addresses, option_lists, u32, u8, u16),
+    st.builds(NeighborAdvertisement, addresses, u8, option_lists, u24, u8, u16),
+    st.builds(Redirect, addresses, addresses, option_lists, u32, u8, u16),
+)
+
+
+# --- a) nothing but FrameError -------------------------------------------------------
+
+
+def ipv6_frame(
+    payload: bytes,
+    *,
+    src: bytes,
+    dst: bytes,
+    next_header: int = 58,
+    hop_limit: int = 255,
+    payload_length: int | None = None,
+    mac_pair: tuple[bytes, bytes] = (b"\x33\x33\x00\x00\x00\x01", b"\x52\x54\x00\x00\x00\x01"),
+) -> bytes:
+    length = len(payload) if payload_length is None else payload_length
+    header = IPv6Header(src, dst, next_header, hop_limit, length)
+    return build_frame(mac_pair[0], mac_pair[1], header, payload)
+
+
+def exercise_parsers(frame: bytes) -> None:
+    packet = only_frame_error(parse_packet, frame)
+    if packet is not None:
+        only_frame_error(parse_nd, packet.upper)
+        only_frame_error(
+            validate_nd, packet.ipv6.hop_limit, packet.ipv6.src, packet.ipv6.dst, packet.upper
+        )
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_raise_only_frame_error(data: bytes):
+    only_frame_error(parse_packet, data)
+    only_frame_error(parse_nd, data)
+    only_frame_error(validate_nd, 255, bytes(16), bytes(16), data)
+    only_frame_error(validate_nd, 255, LINK_LOCAL + bytes(8), solicited_node(data[:16]), data)
+
+
+@SETTINGS
+@given(
+    payload=st.binary(max_size=300),
+    src=addresses,
+    dst=addresses,
+    next_header=st.sampled_from([58, 58, 58, 0, 43, 44, 51, 59, 60]),
+    payload_length=st.none() | u16,
+)
+def test_arbitrary_payload_behind_valid_ipv6_header_raises_only_frame_error(
+    payload: bytes, src: bytes, dst: bytes, next_header: int, payload_length: int | None
+):
+    exercise_parsers(
+        ipv6_frame(
+            payload, src=src, dst=dst, next_header=next_header, payload_length=payload_length
+        )
+    )
+
+
+nd_shaped_payloads = st.tuples(
+    st.sampled_from([133, 134, 135, 136, 137]),
+    st.sampled_from([0, 0, 0, 1]),
+    st.binary(max_size=120),
+).map(lambda parts: bytes(parts[:2]) + b"\x00\x00" + parts[2])
+
+
+def fix_checksum(src: bytes, dst: bytes, icmp: bytes) -> bytes:
+    icmp = icmp[:2] + b"\x00\x00" + icmp[4:]
+    return icmp[:2] + upper_layer_checksum(src, dst, 58, icmp).to_bytes(2, "big") + icmp[4:]
+
+
+@SETTINGS
+@given(payload=nd_shaped_payloads, src=addresses, dst=addresses, good_checksum=st.booleans())
+def test_nd_shaped_payload_raises_only_frame_error(
+    payload: bytes, src: bytes, dst: bytes, good_checksum: bool
+):
+    if good_checksum:
+        payload = fix_checksum(src, dst, payload)
+    exercise_parsers(ipv6_frame(payload, src=src, dst=dst))
+
+
+# --- b) round trips ------------------------------------------------------------------
+
+
+@SETTINGS
+@given(messages)
+def test_encode_then_parse_gives_the_same_message(message: NDMessage):
+    encoded = encode_nd(message)
+    assert parse_nd(encoded) == message
+    assert encode_nd(parse_nd(encoded)) == encoded
+
+
+@SETTINGS
+@given(messages, addresses, addresses)
+def test_encode_with_checksum_then_parse(message: NDMessage, src: bytes, dst: bytes):
+    encoded = encode_nd(message, src, dst)
+    assert verify_upper_layer(src, dst, 58, encoded)
+    assert parse_nd(encoded) == with_checksum(message, src, dst)
+    assert encode_nd(parse_nd(encoded)) == encoded
+
+
+@SETTINGS
+@given(options)
+def test_every_option_encodes_to_whole_units(option: Option):
+    encoded = option.encode()
+    assert len(encoded) % 8 == 0
+    assert encoded[1] * 8 == len(encoded)
+    assert encoded[0] == option.type
+
+
+@st.composite
+def well_framed_nd(draw: st.DrawFn) -> bytes:
+    """Fixed part of random bytes followed by correctly framed options of random bytes."""
+    kind = draw(st.sampled_from([133, 134, 135, 136, 137]))
+    fixed = {133: 4, 134: 12, 135: 20, 136: 20, 137: 36}[kind]
+    body = draw(st.binary(min_size=fixed + 3, max_size=fixed + 3))
+    parts = [bytes([kind]), body]
+    for option_type, units in draw(st.lists(st.tuples(u8, st.integers(1, 6)), max_size=6)):
+        data = draw(st.binary(min_size=units * 8 - 2, max_size=units * 8 - 2))
+        parts.append(bytes([option_type, units]) + data)
+    return b"".join(parts)
+
+
+@SETTINGS
+@given(well_framed_nd())
+def test_parse_then_encode_is_lossless_for_any_well_framed_message(message: bytes):
+    assert encode_nd(parse_nd(message)) == message
+
+
+# --- c) rewriting changes only what RFC 4389 allows -----------------------------------
+
+
+def _unicast(first: int, rest: bytes) -> bytes:
+    """Not multicast (first byte below 0xff) and not the unspecified address."""
+    address = bytes([first]) + rest
+    return address if any(address) else bytes(15) + b"\x01"
+
+
+unicast = st.builds(_unicast, st.integers(0, 0xFE), st.binary(min_size=15, max_size=15))
+link_local = st.binary(min_size=8, max_size=8).map(lambda tail: LINK_LOCAL + tail)
+multicast = st.sampled_from(
+    [
+        bytes.fromhex("ff020000000000000000000000000001"),
+        bytes.fromhex("ff020000000000000000000000000002"),
+    ]
+)
+EXTENSION_HEADERS = {
+    # next header 58, length 0, PadN option filling the 6 bytes
+    0: bytes([58, 0, 1, 4, 0, 0, 0, 0]),
+    60: bytes([58, 0, 1, 4, 0, 0, 0, 0]),
+}
+
+
+def _no_slla(items: tuple[Option, ...]) -> tuple[Option, ...]:
+    return tuple(
+        option
+        for option in items
+        if not (isinstance(option, LinkLayerAddressOption) and option.type == 1)
+    )
+
+
+@st.composite
+def valid_nd(draw: st.DrawFn) -> tuple[bytes, bytes, NDMessage]:
+    """(src, dst, message) that RFC 4861 receive validation accepts."""
+    kind = draw(st.sampled_from(["RS", "RA", "NS", "NA", "Redirect"]))
+    opts = draw(option_lists)
+    src = draw(link_local | unicast)
+    dst = draw(unicast | multicast)
+    if kind == "RS":
+        if draw(st.booleans()):
+            src, opts = bytes(16), _no_slla(opts)
+        message: NDMessage = RouterSolicitation(opts, draw(u32))
+    elif kind == "RA":
+        src = draw(link_local)
+        message = RouterAdvertisement(*draw(st.tuples(u8, u8, u16, u32, u32)), opts)
+    elif kind == "NS":
+        target = draw(unicast)
+        if draw(st.booleans()):
+            src, dst, opts = bytes(16), solicited_node(target), _no_slla(opts)
+        message = NeighborSolicitation(target, opts, draw(u32))
+    elif kind == "NA":
+        flags = draw(u8)
+        if dst[0] == 0xFF:
+            flags &= ~0x40
+        message = NeighborAdvertisement(draw(unicast), flags, opts, draw(u24))
+    else:
+        src = draw(link_local)
+        destination = draw(unicast)
+        target = draw(st.just(destination) | link_local)
+        message = Redirect(target, destination, opts, draw(u32))
+    return src, dst, message
+
+
+@st.composite
+def valid_nd_frames(draw: st.DrawFn) -> tuple[bytes, NDMessage]:
+    src, dst, message = draw(valid_nd())
+    icmp = encode_nd(message, src, dst)
+    extension = draw(st.sampled_from([None, 0, 60]))
+    if extension is None:
+        next_header, payload = 58, icmp
+    else:
+        next_header, payload = extension, EXTENSION_HEADERS[extension] + icmp
+    frame = ipv6_frame(
+        payload, src=src, dst=dst, next_header=next_header, mac_pair=draw(st.tuples(macs, macs))
+    )
+    return frame, message
+
+
+def rfc4389_mutable(frame: bytes, icmp_offset: int) -> set[int]:
+    """Byte offsets a proxy may change: Ethernet addresses, checksum, RA flags, the
+    address of each 1-unit SLLA/TLLA option that holds a unicast address."""
+    allowed = {*range(12), icmp_offset + 2, icmp_offset + 3}
+    if frame[icmp_offset] == 134:
+        allowed.add(icmp_offset + 5)
+    offset = icmp_offset + {133: 8, 134: 16, 135: 24, 136: 24, 137: 40}[frame[icmp_offset]]
+    while offset < len(frame):
+        units = frame[offset + 1]
+        if frame[offset] in (1, 2) and units == 1 and not frame[offset + 2] & 1:
+            allowed.update(range(offset + 2, offset + 8))
+        offset += units * 8
+    return allowed
+
+
+def expected_after_rewrite(message: NDMessage, egress: bytes) -> NDMessage:
+    rewritten = tuple(
+        LinkLayerAddressOption(option.type, egress)
+        if isinstance(option, LinkLayerAddressOption)
+        and len(option.address) == 6
+        and not option.address[0] & 1
+        else option
+        for option in message.options
+    )
+    message = replace(message, options=rewritten)
+    if isinstance(message, RouterAdvertisement):
+        message = replace(message, flags=message.flags | 0x04)
+    return message
+
+
+def check_rewrite(frame: bytes, egress: bytes, next_hop: bytes) -> NDMessage:
+    packet = parse_packet(frame)
+    offset = packet.upper_offset
+    validate_nd(packet.ipv6.hop_limit, packet.ipv6.src, packet.ipv6.dst, packet.upper)
+
+    out = rewrite_nd(frame, offset, egress, next_hop)
+
+    assert len(out) == len(frame)
+    assert out[0:6] == next_hop and out[6:12] == egress
+    allowed = rfc4389_mutable(frame, offset)
+    changed = {i for i in range(len(frame)) if frame[i] != out[i]}
+    assert changed <= allowed, sorted(changed - allowed)
+    if frame[offset] == 134:
+        assert frame[offset + 5] | 0x04 == out[offset + 5]
+
+    rewritten = parse_packet(out)
+    assert rewritten.ipv6.hop_limit == 255
+    return validate_nd(255, rewritten.ipv6.src, rewritten.ipv6.dst, rewritten.upper)
+
+
+@SETTINGS
+@given(valid_nd_frames(), macs, macs)
+def test_rewrite_changes_only_what_rfc4389_allows(
+    frame_and_message: tuple[bytes, NDMessage], egress: bytes, next_hop: bytes
+):
+    frame, message = frame_and_message
+    result = check_rewrite(frame, egress, next_hop)
+    packet = parse_packet(frame)
+    expected = with_checksum(
+        expected_after_rewrite(message, egress), packet.ipv6.src, packet.ipv6.dst
+    )
+    assert result == expected
+
+
+@SETTINGS
+@given(well_framed_nd(), link_local | unicast, unicast | multicast, macs, macs)
+def test_rewrite_of_any_valid_random_message(
+    payload: bytes, src: bytes, dst: bytes, egress: bytes, next_hop: bytes
+):
+    payload = payload[:1] + b"\x00" + payload[2:]  # code 0
+    frame = ipv6_frame(fix_checksum(src, dst, payload), src=src, dst=dst)
+    message = only_frame_error(validate_nd, 255, src, dst, frame[54:])
+    assume(message is not None)  # only what RFC 4861 validation accepts is rewritten
+    result = check_rewrite(frame, egress, next_hop)
+    assert result == with_checksum(expected_after_rewrite(message, egress), src, dst)
+
+
+# --- d) checksum ---------------------------------------------------------------------
+
+
+def naive_ones_complement_sum(data: bytes) -> int:
+    """RFC 1071 the slow way: add 16-bit words, folding the carry back in each time."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = 0
+    for i in range(0, len(data), 2):
+        total += data[i] << 8 | data[i + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+checksum_data = st.binary(max_size=200) | st.lists(
+    st.sampled_from([0x00, 0xFF, 0x01, 0xFE]), max_size=64
+).map(bytes)
+
+
+@SETTINGS
+@given(checksum_data)
+@example(b"")
+@example(b"\x00")
+@example(b"\x01")
+@example(b"\xff\xff")
+@example(b"\xff\xff\xff\xff")
+@example(b"\xff\xff\x00\x01")
+@example(b"\x80\x00\x80\x00")
+def test_ones_complement_sum_matches_naive_reference(data: bytes):
+    assert ones_complement_sum(data) == naive_ones_complement_sum(data)
+
+
+@st.composite
+def upper_layers(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """(bytes before a 16-bit aligned checksum field, bytes after it)."""
+    before = draw(st.integers(0, 20).flatmap(lambda n: st.binary(min_size=2 * n, max_size=2 * n)))
+    after = draw(st.binary(max_size=100))
+    return before, after
+
+
+@SETTINGS
+@given(addresses, addresses, u8, upper_layers(), st.data())
+def test_verify_accepts_computed_checksum_and_rejects_a_flipped_bit(
+    src: bytes, dst: bytes, next_header: int, parts: tuple[bytes, bytes], data: st.DataObject
+):
+    before, after = parts
+    checksum = upper_layer_checksum(src, dst, next_header, before + b"\x00\x00" + after)
+    upper = before + checksum.to_bytes(2, "big") + after
+    assert verify_upper_layer(src, dst, next_header, upper)
+
+    bit = data.draw(st.integers(0, len(upper) * 8 - 1))
+    flipped = bytearray(upper)
+    flipped[bit // 8] ^= 0x80 >> (bit % 8)
+    assert not verify_upper_layer(src, dst, next_header, bytes(flipped))
+
+
+@SETTINGS
+@given(addresses, addresses, u8, st.binary(max_size=100))
+def test_checksum_is_complement_of_the_pseudo_header_sum(
+    src: bytes, dst: bytes, next_header: int, upper: bytes
+):
+    pseudo = src + dst + len(upper).to_bytes(4, "big") + bytes(3) + bytes([next_header])
+    expected = ~naive_ones_complement_sum(pseudo + upper) & 0xFFFF
+    assert upper_layer_checksum(src, dst, next_header, upper) == expected

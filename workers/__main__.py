@@ -1,0 +1,5 @@
+import sys
+
+from portier.workers.main import main
+
+sys.exit(main())

@@ -1,0 +1,407 @@
+"""The worker process: packet I/O on one interface around the portier engine.
+
+It connects a DEALER (routing id = its interface name) to the supervisor, says hello,
+and forwards only once the supervisor's snapshot has arrived: frames that come in before
+then wait in the socket buffer instead of being judged against an empty state.  It keeps
+the replica current from numbered deltas (a gap makes it ask for a snapshot), reports
+what it learns in batches, and heartbeats with its counters.  It never logs per packet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import zmq
+
+from portier import schema
+from portier.drops import DropReason
+from portier.engine import Dropped, Engine, Learned, LoopDetected, PrefixLearned, Transmit
+from portier.groups import Topology
+from portier.neighbors import NeighborCache
+from portier.replication import apply_snapshot, apply_topology
+from portier.schema import SchemaError, neighbor_from_wire, neighbor_to_wire
+from portier.status import Code, Status
+from portier.workers import packetio
+from portier.workers.linkwatch import LinkWatch
+
+log = logging.getLogger("portier.worker")
+
+HEARTBEAT_S = 1.0
+SUPERVISOR_SILENCE_S = 15.0
+LEARNED_FLUSH_S = 0.01
+LEARNED_BATCH_MAX = 512
+FRAMES_PER_TURN = 256
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM us if the supervisor goes away."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+class Worker:
+    def __init__(self, interface: str, endpoint: str, *, capacity: int, lifetime_s: float) -> None:
+        self.interface = interface
+        self.context = zmq.Context.instance()
+        self.channel = self.context.socket(zmq.DEALER)
+        self.channel.setsockopt(zmq.IDENTITY, interface.encode())
+        self.channel.setsockopt(zmq.LINGER, 500)
+        self.channel.connect(endpoint)
+        self.topology = Topology()
+        self.neighbors = NeighborCache(capacity=capacity, lifetime_s=lifetime_s)
+        self.engine = Engine(self.topology, self.neighbors)
+        self.seq: int | None = None  # None until the first snapshot
+        self.link = LinkWatch(interface)
+        self.receivers: list[socket.socket] = []
+        self.senders: dict[str, tuple[int, socket.socket]] = {}
+        self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.learned: list[dict[str, Any]] = []
+        self.learned_since = 0.0
+        self.last_heard = time.monotonic()
+        self.stopping = False
+        self.buffer = bytearray(packetio.RECV_BUFFER_BYTES)
+        self.view = memoryview(self.buffer)
+
+    # --- channel -----------------------------------------------------------------
+
+    def send(self, kind: str, **fields: Any) -> None:
+        try:
+            self.channel.send(schema.encode({"kind": kind, **fields}), zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["channel_send_dropped"] += 1
+
+    def hello(self) -> None:
+        self.send("hello", interface=self.interface, pid=os.getpid(), **self.link.state.wire())
+
+    def on_message(self, raw: bytes) -> None:
+        try:
+            message = schema.decode_worker(raw)
+        except SchemaError as exc:
+            self.counters["channel_bad_messages"] += 1
+            log.warning("bad message from supervisor: %s", exc.status)
+            return
+        self.last_heard = time.monotonic()
+        kind = message["kind"]
+        try:
+            if kind == "snapshot":
+                apply_snapshot(self.topology, self.neighbors, message["state"])
+                self.seq = message["seq"]
+                self._sync_own_link()
+                log.info("snapshot %d: %d neighbors", self.seq, len(self.neighbors))
+            elif kind == "delta":
+                if self.seq is None or message["seq"] != self.seq + 1:
+                    self.send("resync", seq=self.seq if self.seq is not None else -1)
+                    self.seq = None
+                    return
+                self.seq = message["seq"]
+                self._apply_changes(message["changes"])
+            elif kind == "command" and message["command"] == "stop":
+                self.stopping = True
+        except SchemaError as exc:
+            self.counters["channel_bad_messages"] += 1
+            log.warning("bad %s from supervisor: %s; asking for a snapshot", kind, exc.status)
+            self.send("resync", seq=-1)
+            self.seq = None
+
+    def _apply_changes(self, changes: list[Any]) -> None:
+        now = time.monotonic()
+        for change in changes:
+            if not isinstance(change, dict):
+                raise SchemaError(Status(Code.INVALID_ARGUMENT, "bad change"))
+            op = change.get("op")
+            if op == "topology":
+                apply_topology(self.topology, change["topology"])
+                self._sync_own_link()
+            elif op == "neighbor":
+                self._handle(self.engine.on_neighbor(neighbor_from_wire(change["neighbor"]), now))
+            elif op == "neighbor_removed":
+                self.neighbors.remove(change["group"], bytes(change["address"]))
+            elif op == "flush":
+                self.neighbors.flush(change.get("group"))
+
+    def _sync_own_link(self) -> None:
+        """Our own link facts are fresher here than in the supervisor's echo."""
+        state = self.link.state
+        if self.interface in self.topology.interfaces and state.ifindex:
+            self.topology.update_link(
+                self.interface,
+                ifindex=state.ifindex,
+                mac=state.mac,
+                mtu=state.mtu,
+                addresses=state.addresses,
+            )
+
+    # --- sockets -----------------------------------------------------------------
+
+    def open_receivers(self) -> None:
+        self.close_receivers()
+        state = self.link.state
+        if not state.ifindex:
+            return
+        if state.loopback:
+            log.error("refusing to proxy on loopback interface %s", self.interface)
+            return
+        try:
+            self.receivers = [
+                packetio.open_receiver(self.interface, state.ifindex, packetio.ND_FILTER),
+                packetio.open_receiver(self.interface, state.ifindex, packetio.DATA_FILTER),
+            ]
+        except OSError as exc:
+            self.close_receivers()
+            log.error("cannot open packet sockets on %s: %s", self.interface, exc.strerror)
+
+    def close_receivers(self) -> None:
+        for sock in self.receivers:
+            sock.close()
+        self.receivers = []
+
+    def sender(self, name: str) -> socket.socket | None:
+        interface = self.topology.interfaces.get(name)
+        if interface is None or not interface.ifindex:
+            return None
+        cached = self.senders.get(name)
+        if cached is not None:
+            if cached[0] == interface.ifindex:
+                return cached[1]
+            cached[1].close()
+            del self.senders[name]
+        try:
+            sock = packetio.open_sender(name)
+        except OSError as exc:
+            self.counters[f"tx_open_error_{errno.errorcode.get(exc.errno or 0, 'unknown')}"] += 1
+            return None
+        self.senders[name] = (interface.ifindex, sock)
+        return sock
+
+    def transmit(self, action: Transmit) -> None:
+        sock = self.sender(action.interface)
+        if sock is None:
+            self.drops[f"{action.interface}|no_egress_socket"] += 1
+            return
+        meta = action.meta
+        header = meta.header if isinstance(meta, packetio.Offload) else packetio.ZERO_VNET_HDR
+        try:
+            sock.sendmsg([header, action.frame])
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno or 0, "unknown").lower()
+            self.drops[f"{action.interface}|tx_{name}"] += 1
+            if exc.errno in (errno.ENODEV, errno.ENXIO, errno.ENETDOWN):
+                sock.close()
+                self.senders.pop(action.interface, None)
+            return
+        self.counters[f"tx|{action.interface}"] += 1
+
+    # --- packets -----------------------------------------------------------------
+
+    def drain(self, sock: socket.socket, is_nd: bool, budget: int) -> int:
+        handle = self.engine.handle_frame
+        ingress = self.interface
+        view = self.view
+        header_len = packetio.VNET_HDR_LEN
+        count = 0
+        while count < budget:
+            try:
+                size = sock.recv_into(self.buffer, 0, socket.MSG_TRUNC)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENETDOWN:
+                    break
+                raise
+            count += 1
+            if size <= header_len:
+                continue
+            if size > len(self.buffer):
+                self.drops[f"{ingress}|{DropReason.TRUNCATED.value}"] += 1
+                continue
+            offload = packetio.parse_vnet(bytes(view[:header_len]))
+            frame = bytes(view[header_len:size])
+            segment = 0
+            if offload.needs_csum and (is_nd or (offload.gso_type == packetio.GSO_NONE and is_nd)):
+                frame = packetio.complete_checksum(frame, offload)
+                meta = None
+            elif offload.needs_csum or offload.gso_type:
+                meta = offload
+                segment = packetio.segment_bytes(frame, offload)
+            else:
+                meta = None
+            self.counters["rx_nd" if is_nd else "rx_data"] += 1
+            self._handle(handle(ingress, frame, time.monotonic(), segment_bytes=segment, meta=meta))
+        return count
+
+    def _handle(self, actions: list) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Transmit:
+                self.transmit(action)
+            elif kind is Dropped:
+                self.drops[f"{action.interface}|{action.reason.value}"] += action.count
+            elif kind is Learned:
+                if not self.learned:
+                    self.learned_since = time.monotonic()
+                self.learned.append(neighbor_to_wire(action.neighbor))
+            elif kind is LoopDetected:
+                log.warning("loop detected on %s (group %s)", action.interface, action.group)
+                self.send(
+                    "loop", interface=action.interface, group=action.group, until=action.until
+                )
+            elif kind is PrefixLearned:
+                self.send(
+                    "prefix",
+                    group=action.group,
+                    prefix=action.prefix,
+                    length=action.length,
+                    valid_until=action.valid_until,
+                )
+
+    def flush_learned(self, now: float, force: bool = False) -> None:
+        if self.learned and (
+            force
+            or len(self.learned) >= LEARNED_BATCH_MAX
+            or now - self.learned_since >= LEARNED_FLUSH_S
+        ):
+            self.send("learned", neighbors=self.learned)
+            self.learned = []
+
+    def heartbeat(self) -> None:
+        kernel_drops = sum(packetio.drops(sock) for sock in self.receivers)
+        if kernel_drops:
+            self.drops[f"{self.interface}|{DropReason.SOCKET_OVERFLOW.value}"] += kernel_drops
+        counters = dict(self.counters)
+        counters.update(self.engine.counters)
+        counters["replica_neighbors"] = len(self.neighbors)
+        counters["held_frames"] = len(self.engine.hold)
+        self.send(
+            "heartbeat",
+            seq=self.seq if self.seq is not None else -1,
+            counters=counters,
+            drops=dict(self.drops),
+        )
+
+    # --- loop --------------------------------------------------------------------
+
+    def run(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self.channel, zmq.POLLIN)
+        poller.register(self.link.fileno(), zmq.POLLIN)
+        self.open_receivers()
+        registered: list[int] = []  # pyzmq reports plain sockets by file descriptor
+        self.hello()
+        next_heartbeat = time.monotonic()
+        while not self.stopping:
+            descriptors = [sock.fileno() for sock in self.receivers]
+            if registered != descriptors:
+                for fd in registered:
+                    poller.unregister(fd)
+                for fd in descriptors:
+                    poller.register(fd, zmq.POLLIN)
+                registered = descriptors
+            now = time.monotonic()
+            deadline = next_heartbeat
+            engine_deadline = self.engine.next_deadline() if self.seq is not None else None
+            if engine_deadline is not None:
+                deadline = min(deadline, engine_deadline)
+            if self.learned:
+                deadline = min(deadline, self.learned_since + LEARNED_FLUSH_S)
+            timeout_ms = max(0.0, (deadline - now) * 1000)
+            ready = dict(poller.poll(timeout_ms))
+            if self.channel in ready:
+                while True:
+                    try:
+                        raw = self.channel.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.on_message(raw)
+            if self.link.fileno() in ready and self.link.read():
+                self._on_link_change()
+            if self.seq is not None and self.receivers:
+                nd_sock, data_sock = self.receivers
+                if nd_sock.fileno() in ready:
+                    self.drain(nd_sock, True, FRAMES_PER_TURN)
+                if data_sock.fileno() in ready:
+                    # ND first: read it again before each further data batch.
+                    self.drain(data_sock, False, FRAMES_PER_TURN)
+            now = time.monotonic()
+            if self.seq is not None:
+                deadline = self.engine.next_deadline()
+                if deadline is not None and deadline <= now:
+                    self._handle(self.engine.poll(now))
+            self.flush_learned(now)
+            if now >= next_heartbeat:
+                self.heartbeat()
+                next_heartbeat = now + HEARTBEAT_S
+                if now - self.last_heard > SUPERVISOR_SILENCE_S:
+                    log.error(
+                        "no word from the supervisor for %.0f s; exiting", SUPERVISOR_SILENCE_S
+                    )
+                    return 3
+        self.flush_learned(time.monotonic(), force=True)
+        return 0
+
+    def _on_link_change(self) -> None:
+        state = self.link.state
+        log.info(
+            "link %s: ifindex %d, up %s, mtu %d", self.interface, state.ifindex, state.up, state.mtu
+        )
+        self.open_receivers()
+        self._sync_own_link()
+        self.send("link", interface=self.interface, **state.wire())
+
+    def close(self) -> None:
+        self.close_receivers()
+        for _, sock in self.senders.values():
+            sock.close()
+        self.link.close()
+        self.channel.close(linger=500)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="portier-worker", description=__doc__)
+    parser.add_argument("--interface", required=True)
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--neighbor-capacity", type=int, default=16384)
+    parser.add_argument("--neighbor-lifetime", type=float, default=600.0)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"worker[{args.interface}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    _die_with_parent()
+    worker = Worker(
+        args.interface,
+        args.endpoint,
+        capacity=args.neighbor_capacity,
+        lifetime_s=args.neighbor_lifetime,
+    )
+
+    def stop(signum: int, _frame: object) -> None:
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        return worker.run()
+    finally:
+        worker.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

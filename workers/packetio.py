@@ -1,0 +1,174 @@
+"""Packet sockets on one interface: receive with kernel filters, send by ifindex.
+
+Two receive sockets per interface, each with a classic BPF filter: one takes ND
+(ICMPv6 types 133-137 right after the IPv6 header), the other every other IPv6 frame.
+The worker reads the ND socket first, so a data flood fills the data socket's buffer,
+not ND's.  Both are bound to ETH_P_IPV6, which the kernel delivers on the receive path
+only: the proxy never reads back what it sent.  All-multicast reception comes from a
+PACKET_MR_ALLMULTI membership, which the kernel drops when the socket closes, so the
+interface is restored on any exit, crash included.
+
+PACKET_VNET_HDR puts a virtio_net_hdr before each frame: senders such as veth and tap
+hand over TCP/UDP with the checksum left partial and GRO/GSO super-frames larger than the
+MTU.  A data frame's header is passed through to the egress socket unchanged, so the
+kernel finishes the checksum and segments on the way out; an ND frame with a partial
+checksum is completed here before validation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+from dataclasses import dataclass
+
+from portier.checksum import ones_complement_sum
+
+ETH_P_IPV6 = 0x86DD
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_ALLMULTI = 2
+PACKET_VNET_HDR = 15
+PACKET_STATISTICS = 6
+SO_ATTACH_FILTER = 26
+
+VNET_HDR = struct.Struct("<BBHHHH")
+VNET_HDR_LEN = VNET_HDR.size
+VNET_F_NEEDS_CSUM = 1
+GSO_NONE = 0
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
+ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+# GSO frames reach 64 KiB by default and about 180 KiB with BIG TCP (gso_max_size).
+RECV_BUFFER_BYTES = VNET_HDR_LEN + 512 * 1024
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def _bpf(program: list[tuple[int, int, int, int]]) -> bytes:
+    return b"".join(struct.pack("HBBI", *insn) for insn in program)
+
+
+# Classic BPF opcodes used below.
+_LDH_ABS, _LDB_ABS, _JEQ, _JGE, _JGT, _RET = 0x28, 0x30, 0x15, 0x35, 0x25, 0x06
+_ACCEPT = 0xFFFFFFFF  # snap length: whole frames, BIG TCP super-frames included
+
+ND_FILTER = _bpf(
+    [
+        (_LDH_ABS, 0, 0, 12),
+        (_JEQ, 0, 6, ETH_P_IPV6),
+        (_LDB_ABS, 0, 0, 20),
+        (_JEQ, 0, 4, 58),
+        (_LDB_ABS, 0, 0, 54),
+        (_JGE, 0, 2, 133),
+        (_JGT, 1, 0, 137),
+        (_RET, 0, 0, _ACCEPT),
+        (_RET, 0, 0, 0),
+    ]
+)
+DATA_FILTER = _bpf(
+    [
+        (_LDH_ABS, 0, 0, 12),
+        (_JEQ, 0, 7, ETH_P_IPV6),
+        (_LDB_ABS, 0, 0, 20),
+        (_JEQ, 0, 4, 58),
+        (_LDB_ABS, 0, 0, 54),
+        (_JGE, 0, 2, 133),
+        (_JGT, 1, 0, 137),
+        (_RET, 0, 0, 0),
+        (_RET, 0, 0, _ACCEPT),
+        (_RET, 0, 0, 0),
+    ]
+)
+
+
+def _attach_filter(sock: socket.socket, program: bytes) -> None:
+    buffer = ctypes.create_string_buffer(program)
+    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def _allmulti(sock: socket.socket, ifindex: int) -> None:
+    mreq = struct.pack("iHH8s", ifindex, PACKET_MR_ALLMULTI, 0, b"")
+    sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+
+
+def open_receiver(ifname: str, ifindex: int, program: bytes) -> socket.socket:
+    """A non-blocking receive socket on one interface with the given filter."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
+    try:
+        # Filter first, then bind: nothing unfiltered is ever queued.
+        _attach_filter(sock, program)
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        sock.bind((ifname, ETH_P_IPV6))
+        _allmulti(sock, ifindex)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def open_sender(ifname: str) -> socket.socket:
+    """A send-only socket on one interface (protocol 0: it receives nothing)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+        sock.bind((ifname, 0))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(slots=True, frozen=True)
+class Offload:
+    """What the vnet header says of a received frame."""
+
+    header: bytes
+    needs_csum: bool
+    gso_type: int
+    gso_size: int
+    csum_start: int
+    csum_offset: int
+
+
+def parse_vnet(header: bytes) -> Offload:
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack(header)
+    return Offload(
+        header, bool(flags & VNET_F_NEEDS_CSUM), gso_type & 0x7F, gso_size, csum_start, csum_offset
+    )
+
+
+def complete_checksum(frame: bytes, offload: Offload) -> bytes:
+    """Finish a checksum the sender left partial (the field holds the pseudo-header sum)."""
+    start = offload.csum_start
+    field = start + offload.csum_offset
+    if field + 2 > len(frame) or start >= len(frame):
+        return frame
+    total = ones_complement_sum(frame[start:])
+    checksum = (~total) & 0xFFFF
+    return frame[:field] + checksum.to_bytes(2, "big") + frame[field + 2 :]
+
+
+def segment_bytes(frame: bytes, offload: Offload) -> int:
+    """IPv6 length of each segment of a GSO super-frame (0 for an ordinary frame)."""
+    if offload.gso_type == GSO_NONE or not offload.gso_size:
+        return 0
+    l4 = offload.csum_start if offload.needs_csum and offload.csum_start else 54
+    if offload.gso_type == GSO_TCPV6 and l4 + 13 <= len(frame):
+        header = (frame[l4 + 12] >> 4) * 4
+    else:
+        header = 8
+    return l4 - 14 + header + offload.gso_size
+
+
+def drops(sock: socket.socket) -> int:
+    """Frames the kernel dropped on this socket since the last call (PACKET_STATISTICS)."""
+    try:
+        _packets, dropped = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    except OSError:
+        return 0
+    return dropped
