@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import faulthandler
 import json
 import logging
 import os
@@ -65,6 +66,7 @@ class Supervisor:
         self.stop_event = asyncio.Event()
         self.notifier = Notifier()
         self.ready = False
+        self.last_status = ""
         self.watchdog_s = watchdog_interval_s()
 
     # --- start and stop ----------------------------------------------------------------
@@ -139,8 +141,9 @@ class Supervisor:
             self.ready = True
             self.notifier.ready(summary)
             log.info("ready: %s", summary)
-        elif self.ready:
+        elif self.ready and summary != self.last_status:
             self.notifier.status(summary)
+        self.last_status = summary
 
     # --- the worker channel ---------------------------------------------------------------
 
@@ -273,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["state_dir"] = args.state_dir
     if overrides:
         config = dataclasses.replace(config, **overrides)
+    faulthandler.register(signal.SIGUSR2)  # stack dump for debugging a stuck daemon
     supervisor = Supervisor(config, log_level=args.log_level)
     return asyncio.run(supervisor.run())
 

@@ -26,8 +26,11 @@ class Notifier:
         if self._address is None:
             return False
         if self._socket is None:
-            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._socket = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            )
         try:
+            # Never wait: a listener that stopped reading must not stall the daemon.
             self._socket.sendto("\n".join(lines).encode(), self._address)
         except OSError:
             return False

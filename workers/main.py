@@ -69,6 +69,7 @@ class Worker:
         self.receivers: list[socket.socket] = []
         self.senders: dict[str, tuple[int, socket.socket]] = {}
         self.counters: Counter[str] = Counter()
+        self.transmitted: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.learned: list[dict[str, Any]] = []
         self.learned_since = 0.0
@@ -189,34 +190,43 @@ class Worker:
         return sock
 
     def transmit(self, action: Transmit) -> None:
-        sock = self.sender(action.interface)
-        if sock is None:
-            self.drops[f"{action.interface}|no_egress_socket"] += 1
-            return
-        meta = action.meta
-        header = meta.header if isinstance(meta, packetio.Offload) else packetio.ZERO_VNET_HDR
+        name = action.interface
+        cached = self.senders.get(name)
+        interface = self.topology.interfaces.get(name)
+        if cached is not None and interface is not None and cached[0] == interface.ifindex:
+            sock: socket.socket | None = cached[1]
+        else:
+            sock = self.sender(name)
+            if sock is None:
+                self.drops[f"{name}|no_egress_socket"] += 1
+                return
+        header = action.meta if action.meta is not None else packetio.ZERO_VNET_HDR
         try:
-            sock.sendmsg([header, action.frame])
+            sock.sendmsg([header, action.frame])  # type: ignore[list-item]
         except OSError as exc:
-            name = errno.errorcode.get(exc.errno or 0, "unknown").lower()
-            self.drops[f"{action.interface}|tx_{name}"] += 1
+            errname = errno.errorcode.get(exc.errno or 0, "unknown").lower()
+            self.drops[f"{name}|tx_{errname}"] += 1
             if exc.errno in (errno.ENODEV, errno.ENXIO, errno.ENETDOWN):
                 sock.close()
-                self.senders.pop(action.interface, None)
+                self.senders.pop(name, None)
             return
-        self.counters[f"tx|{action.interface}"] += 1
+        self.transmitted[name] += 1
 
     # --- packets -----------------------------------------------------------------
 
     def drain(self, sock: socket.socket, is_nd: bool, budget: int) -> int:
+        """Read up to `budget` frames; each frame's vnet header rides along as its meta."""
         handle = self.engine.handle_frame
         ingress = self.interface
+        buffer = self.buffer
         view = self.view
         header_len = packetio.VNET_HDR_LEN
+        limit = len(buffer)
+        now = time.monotonic()
         count = 0
         while count < budget:
             try:
-                size = sock.recv_into(self.buffer, 0, socket.MSG_TRUNC)
+                size = sock.recv_into(buffer, 0, socket.MSG_TRUNC)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -224,24 +234,20 @@ class Worker:
                     break
                 raise
             count += 1
-            if size <= header_len:
-                continue
-            if size > len(self.buffer):
+            if size <= header_len or size > limit:
                 self.drops[f"{ingress}|{DropReason.TRUNCATED.value}"] += 1
                 continue
-            offload = packetio.parse_vnet(bytes(view[:header_len]))
+            header = bytes(view[:header_len])
             frame = bytes(view[header_len:size])
             segment = 0
-            if offload.needs_csum and (is_nd or (offload.gso_type == packetio.GSO_NONE and is_nd)):
-                frame = packetio.complete_checksum(frame, offload)
-                meta = None
-            elif offload.needs_csum or offload.gso_type:
-                meta = offload
-                segment = packetio.segment_bytes(frame, offload)
-            else:
-                meta = None
-            self.counters["rx_nd" if is_nd else "rx_data"] += 1
-            self._handle(handle(ingress, frame, time.monotonic(), segment_bytes=segment, meta=meta))
+            if header[0] & packetio.VNET_F_NEEDS_CSUM and is_nd:
+                # ND is validated and rewritten here, so its checksum must be whole.
+                frame = packetio.complete_checksum(frame, header)
+                header = packetio.ZERO_VNET_HDR
+            elif header[1]:
+                segment = packetio.segment_bytes(frame, header)
+            self._handle(handle(ingress, frame, now, segment_bytes=segment, meta=header))
+        self.counters["rx_nd" if is_nd else "rx_data"] += count
         return count
 
     def _handle(self, actions: list) -> None:
@@ -284,6 +290,7 @@ class Worker:
             self.drops[f"{self.interface}|{DropReason.SOCKET_OVERFLOW.value}"] += kernel_drops
         counters = dict(self.counters)
         counters.update(self.engine.counters)
+        counters.update({f"tx|{name}": count for name, count in self.transmitted.items()})
         counters["replica_neighbors"] = len(self.neighbors)
         counters["held_frames"] = len(self.engine.hold)
         self.send(

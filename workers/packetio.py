@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
-from dataclasses import dataclass
 
 from portier.checksum import ones_complement_sum
 
@@ -123,46 +122,31 @@ def open_sender(ifname: str) -> socket.socket:
     return sock
 
 
-@dataclass(slots=True, frozen=True)
-class Offload:
-    """What the vnet header says of a received frame."""
+def complete_checksum(frame: bytes, header: bytes) -> bytes:
+    """Finish a checksum the sender left partial (the field holds the pseudo-header sum).
 
-    header: bytes
-    needs_csum: bool
-    gso_type: int
-    gso_size: int
-    csum_start: int
-    csum_offset: int
-
-
-def parse_vnet(header: bytes) -> Offload:
-    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack(header)
-    return Offload(
-        header, bool(flags & VNET_F_NEEDS_CSUM), gso_type & 0x7F, gso_size, csum_start, csum_offset
-    )
-
-
-def complete_checksum(frame: bytes, offload: Offload) -> bytes:
-    """Finish a checksum the sender left partial (the field holds the pseudo-header sum)."""
-    start = offload.csum_start
-    field = start + offload.csum_offset
+    `header` is the frame's virtio_net_hdr; csum_start counts from the Ethernet header.
+    """
+    _flags, _gso, _hdr_len, _gso_size, start, offset = VNET_HDR.unpack(header)
+    field = start + offset
     if field + 2 > len(frame) or start >= len(frame):
         return frame
-    total = ones_complement_sum(frame[start:])
-    checksum = (~total) & 0xFFFF
+    checksum = (~ones_complement_sum(frame[start:])) & 0xFFFF
     return frame[:field] + checksum.to_bytes(2, "big") + frame[field + 2 :]
 
 
-def segment_bytes(frame: bytes, offload: Offload) -> int:
+def segment_bytes(frame: bytes, header: bytes) -> int:
     """IPv6 length of each segment of a GSO super-frame (0 for an ordinary frame)."""
-    if offload.gso_type == GSO_NONE or not offload.gso_size:
+    flags, gso_type, _hdr_len, gso_size, csum_start, _offset = VNET_HDR.unpack(header)
+    gso_type &= 0x7F
+    if gso_type == GSO_NONE or not gso_size:
         return 0
-    l4 = offload.csum_start if offload.needs_csum and offload.csum_start else 54
-    if offload.gso_type == GSO_TCPV6 and l4 + 13 <= len(frame):
-        header = (frame[l4 + 12] >> 4) * 4
+    l4 = csum_start if flags & VNET_F_NEEDS_CSUM and csum_start else 54
+    if gso_type == GSO_TCPV6 and l4 + 13 <= len(frame):
+        l4_header = (frame[l4 + 12] >> 4) * 4
     else:
-        header = 8
-    return l4 - 14 + header + offload.gso_size
+        l4_header = 8
+    return l4 - 14 + l4_header + gso_size
 
 
 def drops(sock: socket.socket) -> int:

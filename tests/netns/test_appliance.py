@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from daemon import PEERS, Daemon, GroupSpec
 from lab import ROUTER_ADDRESS, leftover_namespaces, run, wait_for
@@ -198,3 +199,22 @@ def test_labs_leave_nothing_behind(make_lab):
     Daemon(lab).start()
     lab.down()
     assert leftover_namespaces(lab.prefix) == []
+
+
+def test_hung_worker_is_killed_and_replaced(make_lab):
+    lab = make_lab(guests=1)
+    daemon = Daemon(lab).start()
+    guest = lab.guest_list[0]
+    address = lab.wait_slaac(guest)
+    lab.wait_ping(guest.name, ROUTER_ADDRESS)
+    old = daemon.worker("vm1")["pid"]
+    os.kill(old, signal.SIGSTOP)  # alive but silent: only missed heartbeats can tell
+    wait_for(
+        lambda: (w := daemon.worker("vm1"))["pid"] not in (None, old) and w["state"] == "running",
+        20,
+        "the silent vm1 worker to be replaced",
+        interval=0.2,
+    )
+    status = Path(f"/proc/{old}/status")
+    assert not status.exists() or "zombie" in status.read_text()  # it was killed
+    assert lab.ping(lab.router, address, count=3).returncode == 0

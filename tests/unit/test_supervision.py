@@ -1,0 +1,86 @@
+"""Worker supervision and sd_notify, with stand-in worker commands (no root needed)."""
+
+import asyncio
+import socket
+import sys
+import threading
+import time
+
+from portier.supervisor.sdnotify import Notifier
+from portier.supervisor.workerpool import WorkerPool, WorkerState
+
+
+def test_crashing_worker_backs_off_then_fails():
+    states: list[tuple[float, WorkerState]] = []
+
+    async def scenario() -> WorkerPool:
+        pool = WorkerPool(
+            "ipc:///nonexistent",
+            worker_args=[],
+            on_state=lambda handle: states.append((time.monotonic(), handle.state)),
+            intensity=3,
+            period_s=60,
+            command=[sys.executable, "-c", "import sys; sys.exit(7)", "--"],
+        )
+        await pool.start("eth0")
+        deadline = time.monotonic() + 20
+        while pool.handles["eth0"].state != WorkerState.FAILED:
+            assert time.monotonic() < deadline, f"never FAILED: {states}"
+            await asyncio.sleep(0.05)
+        return pool
+
+    pool = asyncio.run(scenario())
+    handle = pool.handles["eth0"]
+    assert handle.restarts == 3 and handle.last_exit == 7
+    backoffs = [t for t, state in states if state == WorkerState.BACKOFF]
+    starts = [t for t, state in states if state == WorkerState.STARTING]
+    # Each restart waited longer than the one before: 0.1 s, 0.2 s, 0.4 s.
+    waits = [start - backoff for backoff, start in zip(backoffs, starts[1:], strict=False)]
+    assert len(waits) == 3
+    assert waits[0] >= 0.1 and waits[1] >= 0.2 and waits[2] >= 0.4
+    assert states[-1][1] == WorkerState.FAILED
+
+
+def test_stop_all_terminates_running_workers():
+    async def scenario() -> int:
+        pool = WorkerPool(
+            "ipc:///nonexistent",
+            worker_args=[],
+            on_state=lambda handle: None,
+            command=[sys.executable, "-c", "import time; time.sleep(60)", "--"],
+        )
+        handle = await pool.start("eth0")
+        started = time.monotonic()
+        await pool.stop_all(timeout_s=3)
+        assert handle.process is None or handle.process.returncode is not None
+        assert handle.state == WorkerState.STOPPED
+        return int(time.monotonic() - started)
+
+    assert asyncio.run(scenario()) < 3
+
+
+def test_notifier_speaks_sd_notify(tmp_path):
+    path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    notifier = Notifier(str(path))
+    assert notifier.ready("3/3 workers forwarding")
+    assert listener.recv(1024) == b"READY=1\nSTATUS=3/3 workers forwarding"
+    assert notifier.stopping()
+    assert listener.recv(1024) == b"STOPPING=1\nSTATUS=stopping"
+    assert not Notifier("").enabled and not Notifier("").ready("x")
+
+
+def test_notifier_never_blocks_on_a_listener_that_stopped_reading(tmp_path):
+    path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    notifier = Notifier(str(path))
+    results: list[bool] = []
+    sender = threading.Thread(
+        target=lambda: results.extend(notifier.status("x" * 200) for _ in range(5000))
+    )
+    sender.start()
+    sender.join(timeout=10)
+    assert not sender.is_alive(), "notify blocked on a full socket"
+    assert results[0] and not results[-1]  # dropped once the queue was full
