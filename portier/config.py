@@ -45,11 +45,27 @@ class Config:
     metrics_listen: str = "127.0.0.1:9470"
     neighbor_capacity: int = 16384
     neighbor_lifetime_seconds: float = 600.0
+    control_socket: Path | None = None  # default: runtime_dir/control.sock
+    control_tcp: str | None = None  # e.g. "tcp://127.0.0.1:9471", only with CURVE
+    curve_secret_key: Path | None = None  # the server's key pair (zmq certificate file)
+    curve_authorized_keys: Path | None = None  # clients' public certificates (a folder)
     groups: tuple[GroupConfig, ...] = field(default_factory=tuple)
     source: str = "<defaults>"
 
+    @property
+    def control_path(self) -> Path:
+        return self.control_socket or self.runtime_dir / "control.sock"
 
-_TOP = {"nested", "loop_disable_seconds", "daemon", "metrics", "neighbors", "group"}
+    def groups_wire(self) -> list[dict[str, object]]:
+        """The groups as plain data, to remember which configuration made the state."""
+        return [
+            {"name": g.name, "upstream": g.upstream, "members": list(g.members)}
+            for g in self.groups
+        ]
+
+
+_TOP = {"nested", "loop_disable_seconds", "daemon", "metrics", "neighbors", "control", "group"}
+_CONTROL = {"socket", "tcp", "curve_secret_key", "curve_authorized_keys"}
 _DAEMON = {"runtime_dir", "state_dir", "control_group"}
 _METRICS = {"listen"}
 _NEIGHBORS = {"capacity", "lifetime_seconds"}
@@ -119,6 +135,23 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
     )
     if lifetime <= 0:
         raise ConfigError(path, "neighbors.lifetime_seconds", "must be greater than 0")
+    control = _table(data, "control", _CONTROL, path)
+    control_socket = _typed(control, "socket", str, "control.socket", path, None)
+    control_tcp = _typed(control, "tcp", str, "control.tcp", path, None)
+    secret = _typed(control, "curve_secret_key", str, "control.curve_secret_key", path, None)
+    authorized = _typed(
+        control, "curve_authorized_keys", str, "control.curve_authorized_keys", path, None
+    )
+    if control_tcp is not None:
+        if not control_tcp.startswith("tcp://"):
+            raise ConfigError(path, "control.tcp", f"must be tcp://HOST:PORT, not {control_tcp!r}")
+        if secret is None or authorized is None:
+            raise ConfigError(
+                path,
+                "control.tcp",
+                "TCP control needs CURVE: set control.curve_secret_key and "
+                "control.curve_authorized_keys",
+            )
 
     raw_groups = data.get("group", [])
     if not isinstance(raw_groups, list):
@@ -166,6 +199,10 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
         metrics_listen=listen,
         neighbor_capacity=capacity,
         neighbor_lifetime_seconds=float(lifetime),
+        control_socket=Path(control_socket) if control_socket else None,
+        control_tcp=control_tcp,
+        curve_secret_key=Path(secret) if secret else None,
+        curve_authorized_keys=Path(authorized) if authorized else None,
         groups=tuple(groups),
         source=str(path),
     )

@@ -1,10 +1,255 @@
-"""portierctl entry point."""
+"""portierctl: drive portierd from a shell.
+
+Tables for people by default, `--json` for scripts (one JSON document per reply, one
+per line for `watch`).  Exit status 0 on success; on failure 1 with the status code's
+name and the chained message on stderr (3 when portierd cannot be reached at all).
+"""
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
+import json
+import os
 import sys
+from typing import Any
+
+from portier.control import DEFAULT_SOCKET, DEFAULT_TIMEOUT_S, ControlClient, ControlError, watch
+from portier.status import Code, Status
+
+EXIT_FAILED = 1
+EXIT_UNREACHABLE = 3
+_UNREACHABLE = {Code.RESULT_UNAVAILABLE, Code.TIMEOUT, Code.BAD_PERMISSIONS}
 
 
-def main() -> int:
-    print("portierctl: the control client is not built yet", file=sys.stderr)
-    return 2
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portierctl", description="Control portierd.")
+    parser.add_argument(
+        "--socket",
+        default=os.environ.get("PORTIER_SOCKET", DEFAULT_SOCKET),
+        help=f"control socket (default {DEFAULT_SOCKET})",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in (
+        ("status", "daemon summary"),
+        ("groups", "proxy groups"),
+        ("interfaces", "bound interfaces and why any is disabled"),
+        ("workers", "worker processes"),
+        ("reload", "re-read the configuration file"),
+    ):
+        commands.add_parser(name, help=help_text)
+    neighbors = commands.add_parser("neighbors", help="learned neighbors")
+    neighbors.add_argument("--group")
+    for name in ("bind", "release", "remove", "enable"):
+        commands.add_parser(name, help=f"{name} an interface").add_argument("interface")
+    group = commands.add_parser("group", help="create or release a group")
+    group.add_argument("action", choices=["create", "release"])
+    group.add_argument("group")
+    add = commands.add_parser("add", help="add an interface to a group")
+    add.add_argument("interface")
+    add.add_argument("group")
+    add.add_argument("--upstream", action="store_true")
+    upstream = commands.add_parser("upstream", help="set IF or unset GROUP as upstream")
+    upstream.add_argument("action", choices=["set", "unset"])
+    upstream.add_argument("name", metavar="IF|GROUP")
+    flush = commands.add_parser("flush", help="forget learned neighbors")
+    flush.add_argument("--group")
+    nested = commands.add_parser("nested", help="nested mode (accept proxied RAs upstream)")
+    nested.add_argument("state", choices=["on", "off"])
+    commands.add_parser("watch", help="stream events until interrupted")
+    return parser
+
+
+def request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    command = args.command
+    if command in ("status", "groups", "interfaces", "workers", "reload"):
+        return command, {}
+    if command == "neighbors":
+        return "neighbors", {"group": args.group}
+    if command in ("bind", "release", "remove", "enable"):
+        return command, {"interface": args.interface}
+    if command == "group":
+        return f"group_{args.action}", {"group": args.group}
+    if command == "add":
+        return "add", {
+            "interface": args.interface,
+            "group": args.group,
+            "upstream": True if args.upstream else None,
+        }
+    if command == "upstream":
+        if args.action == "set":
+            return "upstream_set", {"interface": args.name}
+        return "upstream_unset", {"group": args.name}
+    if command == "flush":
+        return "flush", {"group": args.group}
+    return "nested", {"enabled": args.state == "on"}
+
+
+# --- human-readable output ---------------------------------------------------------------
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max(len(title), *(len(r[i]) for r in cells)) for i, (_, title) in enumerate(columns)]
+    lines = [
+        "  ".join(title.ljust(w) for (_, title), w in zip(columns, widths, strict=True)).rstrip()
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
+
+
+def render(command: str, result: Any) -> str:
+    if command == "status":
+        frames = result.get("frames", {})
+        workers = ", ".join(f"{n} {state}" for state, n in sorted(result["workers"].items()))
+        lines = [
+            f"portierd {result['version']} (pid {result['pid']}), up {result['uptime_s']} s,"
+            f" {'ready' if result['ready'] else 'starting'}",
+            f"groups {result['groups']}, interfaces {result['interfaces']}"
+            f" ({result['forwarding']} forwarding), neighbors {result['neighbors']}",
+            f"workers: {workers or 'none'}",
+            f"frames: received {frames.get('received', 0)}, forwarded"
+            f" {frames.get('forwarded', 0)}, dropped {frames.get('dropped', 0)}",
+            f"nested mode {'on' if result['nested'] else 'off'},"
+            f" loop-disable {result['loop_disable_s']:g} s",
+        ]
+        for name, reasons in sorted(result["disabled"].items()):
+            lines.append(f"disabled: {name} ({', '.join(reasons)})")
+        return "\n".join(lines)
+    if command == "groups":
+        return table(
+            result,
+            [
+                ("name", "GROUP"),
+                ("upstream", "UPSTREAM"),
+                ("members", "MEMBERS"),
+                ("onlink_prefixes", "ON-LINK"),
+            ],
+        )
+    if command == "interfaces":
+        return table(
+            result,
+            [
+                ("name", "INTERFACE"),
+                ("group", "GROUP"),
+                ("role", "ROLE"),
+                ("forwarding", "FORWARDING"),
+                ("disable_reasons", "DISABLED BY"),
+                ("loop_disabled_for_s", "LOOP S"),
+                ("mac", "MAC"),
+                ("mtu", "MTU"),
+            ],
+        )
+    if command == "neighbors":
+        return table(
+            result,
+            [
+                ("group", "GROUP"),
+                ("address", "ADDRESS"),
+                ("interface", "INTERFACE"),
+                ("mac", "MAC"),
+                ("state", "STATE"),
+                ("router", "ROUTER"),
+                ("idle_s", "IDLE S"),
+            ],
+        )
+    if command == "workers":
+        return table(
+            result,
+            [
+                ("interface", "INTERFACE"),
+                ("state", "STATE"),
+                ("pid", "PID"),
+                ("restarts", "RESTARTS"),
+                ("last_exit", "LAST EXIT"),
+            ],
+        )
+    if command == "flush":
+        return f"flushed {result['flushed']} neighbors"
+    if command == "reload":
+        changes = result.get("changes") or {}
+        text = "reloaded: " + (", ".join(f"{k} {v}" for k, v in changes.items()) or "no change")
+        if result.get("needs_restart"):
+            text += f"\nneeds a restart to apply: {', '.join(result['needs_restart'])}"
+        return text
+    return "OK"
+
+
+def event_line(event: dict[str, Any]) -> str:
+    fields = []
+    for key, value in event.items():
+        if key in ("v", "kind", "time"):
+            continue
+        if isinstance(value, bytes):
+            value = str(ipaddress.IPv6Address(value)) if len(value) == 16 else value.hex(":")
+        fields.append(f"{key}={value}")
+    return f"{event.get('kind', '?')}: {' '.join(fields)}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return str(ipaddress.IPv6Address(value)) if len(value) == 16 else value.hex(":")
+    raise TypeError(type(value).__name__)
+
+
+def fail(status: Status) -> int:
+    print(f"portierctl: {status}", file=sys.stderr)
+    return EXIT_UNREACHABLE if status.code in _UNREACHABLE else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "watch":
+        try:
+            for event in watch(args.socket):
+                if args.json:
+                    print(json.dumps(event, default=_jsonable), flush=True)
+                else:
+                    print(event_line(event), flush=True)
+        except ControlError as exc:
+            return fail(exc.status)
+        except KeyboardInterrupt:
+            return 0
+        return 0
+    op, request_args = request_for(args)
+    try:
+        with ControlClient(args.socket, timeout_s=args.timeout) as client:
+            reply = client.request(op, **request_args)
+    except ControlError as exc:
+        return fail(exc.status)
+    if not reply.ok:
+        return fail(reply.status)
+    if args.json:
+        document = {
+            "ok": reply.ok,
+            "code": Code(reply.code).name,
+            "message": reply.message,
+            "result": reply.result,
+        }
+        if reply.outcome:
+            document["outcome"] = reply.outcome
+        print(json.dumps(document, default=_jsonable))
+    else:
+        if reply.code == Code.NO_OPERATION:
+            print(f"nothing to do: {reply.message}")
+        else:
+            print(render(args.command, reply.result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -51,6 +51,20 @@ class ProxyState:
     def topology_changed(self) -> list[Change]:
         return [change_topology(self.topology)]
 
+    def forget_interface(self, name: str) -> list[Change]:
+        """Neighbors learned through an interface that leaves its group go with it."""
+        return [
+            change_neighbor_removed(e.group, e.address)
+            for e in self.neighbors.flush_interface(name)
+        ]
+
+    def forget_group(self, group: str) -> list[Change]:
+        return [change_neighbor_removed(e.group, e.address) for e in self.neighbors.flush(group)]
+
+    def flush(self, group: str | None) -> tuple[list[Change], int]:
+        count = len(self.neighbors.flush(group))
+        return [{"op": "flush", "group": group}], count
+
     # --- reports from workers --------------------------------------------------------
 
     def on_link(self, name: str, report: dict[str, Any]) -> list[Change]:

@@ -184,14 +184,14 @@ class WorkerPool:
                 os.kill(handle.pid, signum)
 
     async def stop(self, interface: str, timeout_s: float = 2.0) -> None:
-        handle = self.handles.get(interface)
+        """Forget the interface's worker at once (a new one may start) and end it."""
+        handle = self.handles.pop(interface, None)
         if handle is None:
             return
         if handle.restart_task is not None:
             handle.restart_task.cancel()
         self._set(handle, WorkerState.STOPPED)
         await self._terminate([handle], timeout_s)
-        del self.handles[interface]
 
     async def stop_all(self, timeout_s: float = 3.0) -> None:
         self.stopping = True

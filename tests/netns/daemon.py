@@ -96,6 +96,28 @@ class Daemon:
             if word in message.splitlines():
                 return message
 
+    @property
+    def control_socket(self) -> str:
+        return str(self.runtime_dir / "control.sock")
+
+    def ctl(
+        self, *argv: str, json_output: bool = True, check: bool = False, user: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real portierctl against this daemon."""
+        command = [sys.executable, "-m", "portier.ctl", "--socket", self.control_socket]
+        if json_output:
+            command.append("--json")
+        if user is not None:
+            command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+        result = subprocess.run([*command, *argv], capture_output=True, text=True, timeout=30)
+        if check and result.returncode != 0:
+            raise LabError(f"portierctl {' '.join(argv)} failed: {result.stderr}")
+        return result
+
+    def call(self, *argv: str) -> object:
+        """portierctl --json ARGV, which must succeed; its result."""
+        return json.loads(self.ctl(*argv, check=True).stdout)["result"]
+
     def status(self, timeout: float = 10.0) -> dict:
         """Ask for a status dump (SIGUSR1) and read it."""
         path = self.runtime_dir / "status.json"
