@@ -80,9 +80,9 @@ def main() -> None:
     print("(The end-to-end lab with network namespaces, radvd and portierd comes with the")
     print(" lab issue; until then `make demo` runs what exists: the core library.)")
     topology = Topology()
-    for name, mac in (("up0", UP_MAC), ("vm1", VM_MAC)):
+    for index, (name, mac) in enumerate((("up0", UP_MAC), ("vm1", VM_MAC)), start=2):
         topology.bind(name)
-        topology.update_link(name, mac=mac, mtu=1500, addresses=[])
+        topology.update_link(name, ifindex=index, mac=mac, mtu=1500, addresses=[])
     topology.create_group("lan")
     topology.add_to_group("up0", "lan", upstream=True)
     topology.add_to_group("vm1", "lan")

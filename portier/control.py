@@ -62,14 +62,23 @@ def endpoint_for(socket_path: str) -> str:
 
 
 def _check_ipc(path: str) -> None:
-    if not os.path.exists(path):
+    try:
+        os.stat(path)
+    except PermissionError:
+        raise ControlError(
+            Status(
+                Code.BAD_PERMISSIONS,
+                f"Permission denied on {path}: run as root or as a member of the control group",
+            )
+        ) from None
+    except FileNotFoundError:
         raise ControlError(
             Status(
                 Code.RESULT_UNAVAILABLE,
                 f"portierd is not running: no control socket at {path} "
                 "(start it, or point --socket at its runtime directory)",
             )
-        )
+        ) from None
     if not os.access(path, os.R_OK | os.W_OK):
         raise ControlError(
             Status(
@@ -121,8 +130,9 @@ class ControlClient:
     def send_raw(self, payload: bytes) -> None:
         self.socket.send(payload)
 
-    def receive(self, request_id: Any) -> dict[str, Any]:
-        """Wait for the reply carrying `request_id`; others (late answers) are skipped."""
+    def receive(self, request_id: Any = None, *, any_reply: bool = False) -> dict[str, Any]:
+        """Wait for the reply carrying `request_id` (late answers to earlier requests are
+        skipped), or for whatever reply comes first with `any_reply`."""
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
@@ -144,7 +154,7 @@ class ControlClient:
                     reply = schema.decode_reply(self.socket.recv())
                 except SchemaError as exc:
                     raise ControlError(exc.status.wrap("Unreadable reply from portierd")) from None
-                if reply["id"] == request_id or reply["id"] is None:
+                if any_reply or reply["id"] == request_id or reply["id"] is None:
                     return reply
 
     def request(self, op: str, **args: Any) -> Reply:

@@ -69,7 +69,10 @@ class Interface:
     mtu: int = 1500
     addresses: frozenset[bytes] = frozenset()
     group: str | None = None
-    disable_reasons: set[DisableReason] = field(default_factory=lambda: {DisableReason.GROUPLESS})
+    # Until the kernel's view of it arrives (ifindex, MAC) it cannot be an egress.
+    disable_reasons: set[DisableReason] = field(
+        default_factory=lambda: {DisableReason.GROUPLESS, DisableReason.NOT_PRESENT}
+    )
     loop_disabled_until: float | None = None
     # Cached `not disable_reasons`, read once per frame on the packet path.
     enabled: bool = False
@@ -123,6 +126,11 @@ class Topology:
             return Status(Code.DOES_NOT_EXIST, f"Interface {name} is not bound")
         if ifindex is not None:
             interface.ifindex = ifindex
+            if ifindex:
+                interface.disable_reasons.discard(DisableReason.NOT_PRESENT)
+            else:
+                interface.disable_reasons.add(DisableReason.NOT_PRESENT)
+            interface._sync()
         if mac is not None:
             interface.mac = mac
             self._own_macs = None

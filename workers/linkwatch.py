@@ -23,7 +23,7 @@ RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU = 1, 3, 4
 IFA_ADDRESS = 1
-IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
+IFF_UP, IFF_LOOPBACK, IFF_LOWER_UP = 0x1, 0x8, 0x10000
 AF_INET6 = 10
 
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -136,7 +136,8 @@ class LinkWatch:
             ifindex=index,
             mac=attributes.get(IFLA_ADDRESS, b""),
             mtu=struct.unpack("=I", mtu)[0] if mtu else 0,
-            up=bool(flags & IFF_UP) and bool(flags & IFF_RUNNING),
+            # Carrier (LOWER_UP) is immediate; RUNNING lags behind it by up to a second.
+            up=bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP),
             loopback=bool(flags & IFF_LOOPBACK),
             addresses=self._addresses(index),
         )

@@ -70,6 +70,7 @@ class Worker:
         self.senders: dict[str, tuple[int, socket.socket]] = {}
         self.counters: Counter[str] = Counter()
         self.transmitted: Counter[str] = Counter()
+        self.engine_errors = 0
         self.drops: Counter[str] = Counter()
         self.learned: list[dict[str, Any]] = []
         self.learned_since = 0.0
@@ -246,7 +247,14 @@ class Worker:
                 header = packetio.ZERO_VNET_HDR
             elif header[1]:
                 segment = packetio.segment_bytes(frame, header)
-            self._handle(handle(ingress, frame, now, segment_bytes=segment, meta=header))
+            try:
+                actions = handle(ingress, frame, now, segment_bytes=segment, meta=header)
+            except Exception:  # a bug costs this frame, never the worker
+                self.engine_errors += 1
+                if self.engine_errors & (self.engine_errors - 1) == 0:  # 1, 2, 4, 8, ...
+                    log.exception("engine failed on a frame (%d so far)", self.engine_errors)
+                continue
+            self._handle(actions)
         self.counters["rx_nd" if is_nd else "rx_data"] += count
         return count
 
@@ -292,6 +300,7 @@ class Worker:
         counters.update(self.engine.counters)
         counters.update({f"tx|{name}": count for name, count in self.transmitted.items()})
         counters["replica_neighbors"] = len(self.neighbors)
+        counters["engine_errors"] = self.engine_errors
         counters["held_frames"] = len(self.engine.hold)
         self.send(
             "heartbeat",

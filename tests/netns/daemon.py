@@ -61,6 +61,7 @@ class Daemon:
 
     def start(self, timeout: float = 30.0) -> Daemon:
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify_path.unlink(missing_ok=True)  # an earlier daemon's in the same lab
         self.notify.bind(str(self.notify_path))
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))
         self.process = self.lab.spawn(

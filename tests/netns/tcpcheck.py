@@ -4,6 +4,7 @@ server PORT            accept one TCP connection, print "<bytes> <sha256>" of wh
 client ADDR PORT SIZE  send SIZE pseudo-random bytes, print "<bytes> <sha256>"
 udprecv PORT COUNT     print the hop limit of each of COUNT datagrams received
 udpsend ADDR PORT HOPS send a datagram with that hop limit, once per 0.1 s, 50 times at most
+ra IFACE FLAGS         send one Router Advertisement (flags byte in hex) to ff02::1 on IFACE
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def udp_send(address: str, port: int, hops: int) -> None:
         time.sleep(0.1)
 
 
+def router_advertisement(interface: str, flags: int) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+    # type 134, code 0, checksum (the kernel fills it), hop limit 64, flags, lifetime 0
+    message = bytes([134, 0, 0, 0, 64, flags, 0, 0]) + bytes(8)
+    sock.sendto(message, ("ff02::1", 0, 0, socket.if_nametoindex(interface)))
+
+
 if __name__ == "__main__":
     role, *rest = sys.argv[1:]
     if role == "server":
@@ -70,3 +79,5 @@ if __name__ == "__main__":
         udp_receive(int(rest[0]), int(rest[1]))
     elif role == "udpsend":
         udp_send(rest[0], int(rest[1]), int(rest[2]))
+    elif role == "ra":
+        router_advertisement(rest[0], int(rest[1], 16))

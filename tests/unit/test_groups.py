@@ -9,8 +9,9 @@ from portier.status import Code
 @pytest.fixture
 def topology() -> Topology:
     t = Topology(loop_disable_s=3600)
-    for name in ("eth0", "tap0", "tap1"):
+    for index, name in enumerate(("eth0", "tap0", "tap1"), start=2):
         assert t.bind(name)
+        assert t.update_link(name, ifindex=index, mac=bytes([2, 0, 0, 0, 0, index]))
     return t
 
 
@@ -43,10 +44,16 @@ def test_bind_twice_and_release_unknown(topology):
     assert topology.release("nope").code == Code.DOES_NOT_EXIST
 
 
-def test_new_interface_is_groupless_and_disabled(topology):
+def test_new_interface_is_groupless_and_disabled():
+    topology = Topology()
+    topology.bind("eth0")
     iface = topology.interfaces["eth0"]
-    assert iface.disable_reasons == {DisableReason.GROUPLESS}
+    assert iface.disable_reasons == {DisableReason.GROUPLESS, DisableReason.NOT_PRESENT}
     assert not iface.enabled
+    topology.update_link("eth0", ifindex=7, mac=b"\x02" * 6)
+    assert iface.disable_reasons == {DisableReason.GROUPLESS}
+    topology.update_link("eth0", ifindex=0)  # deleted
+    assert DisableReason.NOT_PRESENT in iface.disable_reasons
 
 
 def test_add_enables_and_remove_disables(topology):
@@ -100,6 +107,7 @@ def test_thirty_members(topology):
     topology.create_group("big")
     for i in range(30):
         topology.bind(f"vm{i}")
+        topology.update_link(f"vm{i}", ifindex=100 + i)
         assert topology.add_to_group(f"vm{i}", "big")
     for i in range(30):
         assert topology.remove_from_group(f"vm{i}")
@@ -182,10 +190,9 @@ def test_enable_clears_soft_reasons_only(topology):
 
 
 def test_own_macs_follow_link_updates(topology):
-    topology.update_link("eth0", mac=b"\x02" * 6)
-    assert topology.own_macs() == {b"\x02" * 6}
+    before = topology.own_macs()
     topology.update_link("eth0", mac=b"\x04" * 6)
-    assert topology.own_macs() == {b"\x04" * 6}
+    assert topology.own_macs() == (before - {bytes([2, 0, 0, 0, 0, 2])}) | {b"\x04" * 6}
     topology.release("eth0")
-    assert topology.own_macs() == frozenset()
+    assert b"\x04" * 6 not in topology.own_macs()
     assert topology.update_link("eth0", mtu=1400).code == Code.DOES_NOT_EXIST
