@@ -24,6 +24,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/engine_bench.py
 	$(PY) bench/appliance_bench.py
+	$(PY) bench/control_bench.py
 
 deps:
 	bash deploy/install-deps.sh

@@ -14,7 +14,16 @@ import os
 import sys
 from typing import Any
 
-from portier.control import DEFAULT_SOCKET, DEFAULT_TIMEOUT_S, ControlClient, ControlError, watch
+import zmq.auth
+
+from portier.control import (
+    DEFAULT_SOCKET,
+    DEFAULT_TIMEOUT_S,
+    ControlClient,
+    ControlError,
+    Curve,
+    watch,
+)
 from portier.status import Code, Status
 
 EXIT_FAILED = 1
@@ -31,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
+    parser.add_argument(
+        "--server-key",
+        metavar="FILE",
+        help="for tcp:// sockets: the daemon's public certificate (CURVE)",
+    )
+    parser.add_argument(
+        "--key", metavar="FILE", help="for tcp:// sockets: this client's secret certificate (CURVE)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in (
         ("status", "daemon summary"),
@@ -206,6 +223,23 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+def load_curve(server_key: str | None, key: str | None) -> Curve | None:
+    if server_key is None and key is None:
+        return None
+    if server_key is None or key is None:
+        raise ControlError(Status(Code.INVALID_ARGUMENT, "--server-key and --key go together"))
+    try:
+        server_public, _ = zmq.auth.load_certificate(server_key)
+        public, secret = zmq.auth.load_certificate(key)
+    except (OSError, ValueError) as exc:
+        raise ControlError(
+            Status(Code.INVALID_ARGUMENT, f"cannot read CURVE keys: {exc}")
+        ) from None
+    if secret is None:
+        raise ControlError(Status(Code.INVALID_ARGUMENT, f"{key} holds no secret key"))
+    return Curve(server_public, public, secret)
+
+
 def fail(status: Status) -> int:
     print(f"portierctl: {status}", file=sys.stderr)
     return EXIT_UNREACHABLE if status.code in _UNREACHABLE else EXIT_FAILED
@@ -227,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     op, request_args = request_for(args)
     try:
-        with ControlClient(args.socket, timeout_s=args.timeout) as client:
+        curve = load_curve(args.server_key, args.key)
+        with ControlClient(args.socket, timeout_s=args.timeout, curve=curve) as client:
             reply = client.request(op, **request_args)
     except ControlError as exc:
         return fail(exc.status)

@@ -112,7 +112,7 @@ class Supervisor:
         self.started_at = time.monotonic()
         self.neighbors_dirty = False
         self.saved_at = 0.0
-        self.control: ControlServer | None = None
+        self.control_servers: list[ControlServer] = []
         self.events: EventPublisher | None = None
         self.zap: ZapHandler | None = None
         self.sockets: list[zmq.asyncio.Socket] = []
@@ -155,12 +155,12 @@ class Supervisor:
             len(self.state.topology.interfaces),
             self.config.control_path,
         )
-        assert self.control is not None and self.zap is not None
+        assert self.zap is not None
         tasks = [
             asyncio.create_task(self._receive()),
             asyncio.create_task(self._tick()),
-            asyncio.create_task(self.control.serve()),
             asyncio.create_task(self.zap.serve()),
+            *(asyncio.create_task(server.serve()) for server in self.control_servers),
         ]
         await self.stop_event.wait()
         log.info("stopping")
@@ -205,8 +205,9 @@ class Supervisor:
             tcp.bind(self.config.control_tcp)
             self.sockets.append(tcp)
             log.info("control also on %s (CURVE)", self.config.control_tcp)
-        self.control = ControlServer(control, self.dispatch)
-        self.control_sockets = [control, *self.sockets]
+        self.control_servers = [
+            ControlServer(sock, self.dispatch) for sock in [control, *self.sockets]
+        ]
 
         events = self.context.socket(zmq.PUB)
         events.setsockopt(zmq.LINGER, 0)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -428,3 +429,63 @@ def test_corrupt_state_is_moved_aside(make_lab):
     aside = list(state_dir.glob("state.msgpack.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == b"\x93not a state file"
     assert "is unusable" in daemon.log_path.read_text()
+
+
+def test_tcp_control_needs_an_authorized_curve_key(make_lab):
+    import zmq.auth
+
+    lab = make_lab(guests=1, radvd=False)
+    keys = lab.workdir / "keys"
+    authorized = lab.workdir / "authorized"
+    keys.mkdir()
+    authorized.mkdir()
+    server_public, server_secret = zmq.auth.create_certificates(str(keys), "server")
+    client_public, client_secret = zmq.auth.create_certificates(str(keys), "client")
+    _, stranger_secret = zmq.auth.create_certificates(str(keys), "stranger")
+    (authorized / "client.key").write_bytes(Path(client_public).read_bytes())
+    daemon = Daemon(
+        lab,
+        extra=(
+            "[control]\n"
+            'tcp = "tcp://127.0.0.1:9471"\n'
+            f'curve_secret_key = "{server_secret}"\n'
+            f'curve_authorized_keys = "{authorized}"\n'
+        ),
+    )
+    daemon.start()
+
+    def over_tcp(secret: str) -> subprocess.CompletedProcess:
+        return lab.ns(
+            lab.proxy,
+            sys.executable,
+            "-m",
+            "portier.ctl",
+            "--socket",
+            "tcp://127.0.0.1:9471",
+            "--server-key",
+            server_public,
+            "--key",
+            secret,
+            "--timeout",
+            "5",
+            "--json",
+            "status",
+            check=False,
+        )
+
+    allowed = over_tcp(client_secret)
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["result"]["ready"]
+    refused = over_tcp(stranger_secret)
+    assert refused.returncode == 3 and "refused this client" in refused.stderr
+    plain = lab.ns(
+        lab.proxy,
+        sys.executable,
+        "-m",
+        "portier.ctl",
+        "--socket",
+        "tcp://127.0.0.1:9471",
+        "status",
+        check=False,
+    )
+    assert plain.returncode == 1 and "TCP control needs CURVE keys" in plain.stderr

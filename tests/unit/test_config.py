@@ -73,6 +73,12 @@ def test_defaults():
             "already in group a",
         ),
         ("[[group]", "", "not valid TOML"),
+        ('[control]\ntcp = "tcp://0.0.0.0:9471"', "control.tcp", "needs CURVE"),
+        (
+            '[control]\ntcp = "udp://x"\ncurve_secret_key = "a"\ncurve_authorized_keys = "b"',
+            "control.tcp",
+            "tcp://HOST:PORT",
+        ),
     ],
 )
 def test_errors_name_file_field_and_problem(text, where, words):

@@ -84,3 +84,30 @@ def test_notifier_never_blocks_on_a_listener_that_stopped_reading(tmp_path):
     sender.join(timeout=10)
     assert not sender.is_alive(), "notify blocked on a full socket"
     assert results[0] and not results[-1]  # dropped once the queue was full
+
+
+def test_watchdog_interval_follows_systemd(monkeypatch, tmp_path):
+    from portier.supervisor.sdnotify import watchdog_interval_s
+
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    assert watchdog_interval_s() is None
+    monkeypatch.setenv("WATCHDOG_USEC", "10000000")
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+    assert watchdog_interval_s() is None
+    import os
+
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval_s() == 5.0
+    path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    assert Notifier(str(path)).watchdog()
+    assert listener.recv(64) == b"WATCHDOG=1"
+
+
+def test_abstract_notify_socket():
+    name = f"@portier-test-{time.monotonic_ns()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind("\0" + name[1:])
+    assert Notifier(name).status("hello")
+    assert listener.recv(64) == b"STATUS=hello"
