@@ -18,6 +18,8 @@ from portier.neighbors import Neighbor
 from portier.status import Code, Status
 
 SCHEMA_VERSION = 1
+# Upper bounds (seconds) of the workers' ND relay-latency histogram; +Inf follows.
+ND_RELAY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 MAX_CONTROL_BYTES = 64 * 1024
 MAX_WORKER_BYTES = 16 * 1024 * 1024
 
@@ -104,6 +106,7 @@ WORKER_KINDS: dict[str, tuple[Field, ...]] = {
     "heartbeat": (
         _f("counters", dict, required=False),
         _f("drops", dict, required=False),
+        _f("histograms", dict, required=False),
         _f("seq", int, required=False),
     ),
     "resync": (_f("seq", int, required=False),),

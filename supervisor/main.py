@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from portier.supervisor.access import (
 )
 from portier.supervisor.control import TRANSPORT_MAX_BYTES, ControlServer
 from portier.supervisor.events import EventPublisher
+from portier.supervisor.metrics import MetricsServer
 from portier.supervisor.persistence import load_state, save_state, write_atomically
 from portier.supervisor.reload import ReloadPlan, plan_reload
 from portier.supervisor.sdnotify import Notifier, watchdog_interval_s
@@ -80,6 +82,15 @@ def config_snapshot(config: Config) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass
+class SupervisorStats:
+    """Totals the supervisor counts itself, for the metrics."""
+
+    learned: Counter[str] = dataclasses.field(default_factory=Counter)  # by group
+    expired: Counter[str] = dataclasses.field(default_factory=Counter)  # by group
+    loops: Counter[str] = dataclasses.field(default_factory=Counter)  # by interface
+
+
 class Supervisor:
     def __init__(
         self, config: Config, *, config_path: Path | None = None, log_level: str = "info"
@@ -117,6 +128,8 @@ class Supervisor:
         self.zap: ZapHandler | None = None
         self.sockets: list[zmq.asyncio.Socket] = []
         self.tasks: set[asyncio.Future[Any]] = set()
+        self.stats = SupervisorStats()
+        self.metrics = MetricsServer(self)
 
     # --- start and stop ----------------------------------------------------------------
 
@@ -145,6 +158,10 @@ class Supervisor:
             loop.add_signal_handler(signum, self.stop_event.set)
         loop.add_signal_handler(signal.SIGUSR1, self.dump_status)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.background(self.reload()))
+        try:
+            await self.metrics.start(self.config.metrics_listen)
+        except OSError as exc:
+            log.error("metrics endpoint %s unavailable: %s", self.config.metrics_listen, exc)
         for name in self.state.topology.interfaces:
             await self.pool.start(name)
         self.persist()
@@ -231,6 +248,7 @@ class Supervisor:
                 await self._send(handle.interface, {"kind": "command", "command": "stop"})
         await self.pool.stop_all(timeout_s=3.0)
         self.persist()
+        self.metrics.close()
         if self.zap is not None:
             self.zap.close()
         for sock in [self.channel, *self.sockets]:
@@ -468,6 +486,7 @@ class Supervisor:
         elif kind == "heartbeat":
             handle.counters = message.get("counters", {})
             handle.drops = message.get("drops", {})
+            handle.histograms = message.get("histograms", {})
         elif kind == "resync":
             await self._send_snapshot(handle)
         elif kind == "learned":
@@ -476,6 +495,7 @@ class Supervisor:
                 self.neighbors_dirty = True
                 await self.broadcast(changes, exclude=interface)
                 for entry in accepted:
+                    self.stats.learned[entry.group] += 1
                     self.publish(
                         "neighbor",
                         change="learned",
@@ -503,6 +523,7 @@ class Supervisor:
                 )
                 changes = self.state.on_loop(interface, message["group"], now)
                 if changes:
+                    self.stats.loops[interface] += 1
                     await self.broadcast(changes)
                     self.persist()
                     self.publish(
@@ -551,6 +572,7 @@ class Supervisor:
                 await self.broadcast(changes)
                 for change in changes:
                     if change["op"] == "neighbor_removed":
+                        self.stats.expired[change["group"]] += 1
                         self.publish(
                             "neighbor",
                             change="expired",

@@ -52,6 +52,7 @@ class WorkerHandle:
     seq: int = -1  # last delta sequence sent; -1 before the snapshot
     counters: dict[str, Any] = field(default_factory=dict)
     drops: dict[str, Any] = field(default_factory=dict)
+    histograms: dict[str, Any] = field(default_factory=dict)
     last_exit: int | None = None
     restart_task: asyncio.Task[None] | None = None
     watch_task: asyncio.Task[None] | None = None

@@ -10,6 +10,7 @@ what it learns in batches, and heartbeats with its counters.  It never logs per 
 from __future__ import annotations
 
 import argparse
+import bisect
 import ctypes
 import errno
 import logging
@@ -29,7 +30,7 @@ from portier.engine import Dropped, Engine, Learned, LoopDetected, PrefixLearned
 from portier.groups import Topology
 from portier.neighbors import NeighborCache
 from portier.replication import apply_snapshot, apply_topology
-from portier.schema import SchemaError, neighbor_from_wire, neighbor_to_wire
+from portier.schema import ND_RELAY_BUCKETS_S, SchemaError, neighbor_from_wire, neighbor_to_wire
 from portier.status import Code, Status
 from portier.workers import packetio
 from portier.workers.linkwatch import LinkWatch
@@ -42,6 +43,22 @@ LEARNED_FLUSH_S = 0.01
 LEARNED_BATCH_MAX = 512
 FRAMES_PER_TURN = 256
 PR_SET_PDEATHSIG = 1
+
+
+class Histogram:
+    """Counts per bucket (not cumulative) and a sum; the supervisor turns it into metrics."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def wire(self) -> dict[str, Any]:
+        return {"buckets": list(self.counts), "sum": self.total}
 
 
 def _die_with_parent() -> None:
@@ -70,6 +87,8 @@ class Worker:
         self.senders: dict[str, tuple[int, socket.socket]] = {}
         self.counters: Counter[str] = Counter()
         self.transmitted: Counter[str] = Counter()
+        self.nd_types: Counter[int] = Counter()
+        self.relay = Histogram(ND_RELAY_BUCKETS_S)
         self.engine_errors = 0
         self.drops: Counter[str] = Counter()
         self.learned: list[dict[str, Any]] = []
@@ -238,9 +257,12 @@ class Worker:
             if size <= header_len or size > limit:
                 self.drops[f"{ingress}|{DropReason.TRUNCATED.value}"] += 1
                 continue
+            received_at = time.perf_counter()
             header = bytes(view[:header_len])
             frame = bytes(view[header_len:size])
             segment = 0
+            if is_nd:
+                self.nd_types[frame[54]] += 1
             if header[0] & packetio.VNET_F_NEEDS_CSUM and is_nd:
                 # ND is validated and rewritten here, so its checksum must be whole.
                 frame = packetio.complete_checksum(frame, header)
@@ -255,6 +277,8 @@ class Worker:
                     log.exception("engine failed on a frame (%d so far)", self.engine_errors)
                 continue
             self._handle(actions)
+            if is_nd and actions and type(actions[-1]) is Transmit:
+                self.relay.observe(time.perf_counter() - received_at)
         self.counters["rx_nd" if is_nd else "rx_data"] += count
         return count
 
@@ -299,6 +323,7 @@ class Worker:
         counters = dict(self.counters)
         counters.update(self.engine.counters)
         counters.update({f"tx|{name}": count for name, count in self.transmitted.items()})
+        counters.update({f"rx_nd|{kind}": count for kind, count in self.nd_types.items()})
         counters["replica_neighbors"] = len(self.neighbors)
         counters["engine_errors"] = self.engine_errors
         counters["held_frames"] = len(self.engine.hold)
@@ -307,6 +332,7 @@ class Worker:
             seq=self.seq if self.seq is not None else -1,
             counters=counters,
             drops=dict(self.drops),
+            histograms={"nd_relay_seconds": self.relay.wire()},
         )
 
     # --- loop --------------------------------------------------------------------

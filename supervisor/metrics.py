@@ -1,0 +1,258 @@
+"""Prometheus metrics, built at scrape time from what the supervisor already knows.
+
+Nothing is counted per packet here: workers count in their own process and report in
+their heartbeats; a scrape turns the latest reports and the supervisor's state into
+metric families.  Labels are bounded (interfaces, groups, reasons, states, operations):
+no per-address label ever.  The endpoint is a small HTTP server on the asyncio loop, so
+a scrape reads the state from the thread that writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from portier import __version__
+from portier.groups import DisableReason
+from portier.schema import ND_RELAY_BUCKETS_S
+
+if TYPE_CHECKING:
+    from portier.supervisor.main import Supervisor
+
+log = logging.getLogger("portier.supervisor")
+
+ND_TYPES = {"133": "rs", "134": "ra", "135": "ns", "136": "na", "137": "redirect"}
+
+
+class PortierCollector:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        sup = self.supervisor
+        topology = sup.state.topology
+        now = time.monotonic()
+
+        info = GaugeMetricFamily("portier_build_info", "Portier version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+
+        received = CounterMetricFamily(
+            "portier_frames_received",
+            "Frames read from an interface",
+            labels=["interface", "group", "kind"],
+        )
+        received_nd = CounterMetricFamily(
+            "portier_nd_received",
+            "ND messages read from an interface, by type",
+            labels=["interface", "group", "type"],
+        )
+        forwarded = CounterMetricFamily(
+            "portier_frames_forwarded",
+            "Frames sent out of an interface",
+            labels=["interface", "group"],
+        )
+        dropped = CounterMetricFamily(
+            "portier_frames_dropped",
+            "Frames not forwarded, by reason",
+            labels=["interface", "group", "reason"],
+        )
+        held = GaugeMetricFamily(
+            "portier_held_frames",
+            "Frames waiting for a destination to be resolved",
+            labels=["interface"],
+        )
+        hold_events = CounterMetricFamily(
+            "portier_hold", "Held frames by outcome", labels=["interface", "outcome"]
+        )
+        solicits = CounterMetricFamily(
+            "portier_solicitations_sent",
+            "Neighbor Solicitations the proxy sent itself",
+            labels=["interface"],
+        )
+        packet_too_big = CounterMetricFamily(
+            "portier_packet_too_big_sent", "ICMPv6 Packet Too Big sent", labels=["interface"]
+        )
+        relay = HistogramMetricFamily(
+            "portier_nd_relay_seconds",
+            "ND message from receipt to its last transmission",
+            labels=["interface"],
+        )
+        for handle in sup.pool.handles.values():
+            name = handle.interface
+            interface = topology.interfaces.get(name)
+            group = (interface.group if interface else None) or ""
+            counters = handle.counters
+            received.add_metric([name, group, "nd"], counters.get("rx_nd", 0))
+            received.add_metric([name, group, "data"], counters.get("rx_data", 0))
+            for code, label in ND_TYPES.items():
+                received_nd.add_metric([name, group, label], counters.get(f"rx_nd|{code}", 0))
+            for key, value in handle.drops.items():
+                _, _, reason = key.partition("|")
+                dropped.add_metric([name, group, reason], value)
+            held.add_metric([name], counters.get("held_frames", 0))
+            hold_events.add_metric([name, "held"], counters.get("held", 0))
+            hold_events.add_metric([name, "released"], counters.get("released", 0))
+            hold_events.add_metric([name, "timed_out"], handle.drops.get(f"{name}|hold_timeout", 0))
+            solicits.add_metric([name], counters.get("solicits_sent", 0))
+            packet_too_big.add_metric([name], counters.get("ptb_sent", 0))
+            histogram = handle.histograms.get("nd_relay_seconds")
+            if histogram:
+                buckets, total = [], 0
+                for bound, count in zip(
+                    (*map(str, ND_RELAY_BUCKETS_S), "+Inf"), histogram["buckets"], strict=False
+                ):
+                    total += count
+                    buckets.append((bound, total))
+                relay.add_metric([name], buckets, histogram["sum"])
+        # Forwarded frames are counted by the worker that sent them, per egress.
+        sent: dict[str, int] = {}
+        for handle in sup.pool.handles.values():
+            for key, value in handle.counters.items():
+                if key.startswith("tx|"):
+                    sent[key[3:]] = sent.get(key[3:], 0) + value
+        for name, value in sorted(sent.items()):
+            interface = topology.interfaces.get(name)
+            forwarded.add_metric([name, (interface.group if interface else None) or ""], value)
+        yield from (
+            received,
+            received_nd,
+            forwarded,
+            dropped,
+            held,
+            hold_events,
+            solicits,
+            packet_too_big,
+            relay,
+        )
+
+        neighbors = GaugeMetricFamily(
+            "portier_neighbors", "Neighbors in the cache", labels=["group", "state"]
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for entry in sup.state.neighbors:
+            key = (entry.group, entry.state(now).value)
+            counts[key] = counts.get(key, 0) + 1
+        for group in topology.groups:
+            for state in ("reachable", "stale"):
+                neighbors.add_metric([group, state], counts.get((group, state), 0))
+        yield neighbors
+        learned = CounterMetricFamily(
+            "portier_neighbors_learned", "Neighbors learned or changed", labels=["group"]
+        )
+        expired = CounterMetricFamily(
+            "portier_neighbors_expired", "Neighbors that expired", labels=["group"]
+        )
+        for group in sorted(set(sup.stats.learned) | set(topology.groups)):
+            learned.add_metric([group], sup.stats.learned.get(group, 0))
+            expired.add_metric([group], sup.stats.expired.get(group, 0))
+        yield learned
+        yield expired
+
+        workers = GaugeMetricFamily(
+            "portier_workers", "Worker processes by state", labels=["state"]
+        )
+        states: dict[str, int] = {}
+        for handle in sup.pool.handles.values():
+            states[handle.state.value] = states.get(handle.state.value, 0) + 1
+        for state in ("starting", "running", "backoff", "failed", "stopped"):
+            workers.add_metric([state], states.get(state, 0))
+        yield workers
+        restarts = CounterMetricFamily(
+            "portier_worker_restarts", "Worker restarts", labels=["interface"]
+        )
+        for handle in sup.pool.handles.values():
+            restarts.add_metric([handle.interface], handle.restarts)
+        yield restarts
+
+        loops = CounterMetricFamily(
+            "portier_loop_detections", "RAs that revealed a loop", labels=["interface"]
+        )
+        for name, count in sorted(sup.stats.loops.items()):
+            loops.add_metric([name], count)
+        yield loops
+        disabled = GaugeMetricFamily(
+            "portier_interfaces_disabled",
+            "Bound interfaces not forwarding, by reason",
+            labels=["reason"],
+        )
+        for reason in DisableReason:
+            disabled.add_metric(
+                [reason.value],
+                sum(1 for i in topology.interfaces.values() if reason in i.disable_reasons),
+            )
+        yield disabled
+        interfaces = GaugeMetricFamily(
+            "portier_interfaces", "Bound interfaces", labels=["group", "role"]
+        )
+        for interface in topology.interfaces.values():
+            group = topology.groups.get(interface.group) if interface.group else None
+            role = "upstream" if group and group.upstream == interface.name else "member"
+            interfaces.add_metric([interface.group or "", role], 1)
+        yield interfaces
+
+        requests = CounterMetricFamily(
+            "portier_control_requests",
+            "Control requests by operation and result code",
+            labels=["operation", "code"],
+        )
+        totals: dict[tuple[str, str], int] = {}
+        for server in sup.control_servers:
+            for key, value in server.requests.items():
+                totals[key] = totals.get(key, 0) + value
+        for (op, code), value in sorted(totals.items()):
+            requests.add_metric([op, code], value)
+        yield requests
+
+
+class MetricsServer:
+    """GET /metrics over HTTP/1.1, served on the supervisor's event loop."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(PortierCollector(supervisor))  # type: ignore[arg-type]
+        self.server: asyncio.Server | None = None
+
+    async def start(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self.server = await asyncio.start_server(self._serve, host.strip("[]"), int(port))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+            if request.startswith(b"GET ") and path.split(b"?")[0] in (b"/metrics", b"/"):
+                body = generate_latest(self.registry)
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+            else:
+                body = b"not found: try /metrics\n"
+                head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+            writer.write(
+                f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            )
+            await writer.drain()
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+        ):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
