@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: demo test unit lint bench deps clean
 
 demo: $(STAMP)
-	$(PY) deploy/demo_core.py
+	$(PY) deploy/demo.py $(if $(KEEP),--keep)
 
 test: $(STAMP)
 	@start=$$(date +%s); \

@@ -19,10 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
-sys.path.insert(0, str(ROOT / "tests" / "netns"))
 
-from daemon import Daemon, GroupSpec  # noqa: E402
 from lab import ROUTER_ADDRESS, Guest, Lab, run, wait_for  # noqa: E402
+from labdaemon import Daemon, GroupSpec  # noqa: E402
 
 
 def memory_kib(pid: int) -> tuple[int, int]:

@@ -20,10 +20,9 @@ import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
-sys.path.insert(0, str(ROOT / "tests" / "netns"))
 
-from daemon import Daemon  # noqa: E402
 from lab import Lab  # noqa: E402
+from labdaemon import Daemon  # noqa: E402
 
 from portier.control import ControlClient  # noqa: E402
 

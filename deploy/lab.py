@@ -1,6 +1,7 @@
 """A lab of real kernel hosts in network namespaces: router, proxy host, guests.
 
     router (radvd, 2001:db8:1::1/64) --r0 == up0-- proxy --vmN == eth0-- guestN
+    and, nested: proxy --vmM == up0-- inner proxy --vm1 == eth0-- inner guest
 
 Every namespace name starts with a unique prefix, so parallel labs never collide, and
 `down()` removes all of them (killing, by PID, only processes inside them) even after a
@@ -63,6 +64,7 @@ class Guest:
 class Lab:
     guests: int = 2
     isolated_guests: int = 0  # guests in a second group with no upstream
+    nested: bool = False  # a second proxy host, behind the first, with one guest
     prefix: str = field(default_factory=lambda: "pt" + secrets.token_hex(3))
     radvd: bool = True
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="portier-lab-")))
@@ -79,12 +81,17 @@ class Lab:
             self.guest_list.append(
                 Guest(f"{self.prefix}-g{index}", f"vm{index}", "iso", f"{PREFIX_NET}::{index:x}00")
             )
+        self.inner = f"{self.prefix}-q"
+        # The outer proxy's port towards the inner proxy, and the guest behind the inner one.
+        self.inner_port = f"vm{len(self.guest_list) + 1}"
+        self.inner_guest = Guest(f"{self.prefix}-n1", "vm1", "lan")
 
     # --- building ----------------------------------------------------------------------
 
     @property
     def namespaces(self) -> list[str]:
-        return [self.router, self.proxy, *(g.name for g in self.guest_list)]
+        inner = [self.inner, self.inner_guest.name] if self.nested else []
+        return [self.router, self.proxy, *(g.name for g in self.guest_list), *inner]
 
     def ns(self, namespace: str, *argv: str, check: bool = True, timeout: float = 30.0):
         return run("ip", "netns", "exec", namespace, *argv, check=check, timeout=timeout)
@@ -104,10 +111,11 @@ class Lab:
         for namespace in self.namespaces:
             run("ip", "netns", "add", namespace)
             self.ns(namespace, "ip", "link", "set", "lo", "up")
-        # The proxy host must not configure itself from the RAs it proxies.
-        self.sysctl(self.proxy, "net.ipv6.conf.all.forwarding", "0")
-        self.sysctl(self.proxy, "net.ipv6.conf.all.accept_ra", "0")
-        self.sysctl(self.proxy, "net.ipv6.conf.default.accept_ra", "0")
+        # Proxy hosts must not configure themselves from the RAs they proxy.
+        for proxy in [self.proxy, self.inner] if self.nested else [self.proxy]:
+            self.sysctl(proxy, "net.ipv6.conf.all.forwarding", "0")
+            self.sysctl(proxy, "net.ipv6.conf.all.accept_ra", "0")
+            self.sysctl(proxy, "net.ipv6.conf.default.accept_ra", "0")
         # Router <-> proxy upstream.
         run(
             "ip",
@@ -126,6 +134,30 @@ class Lab:
         )
         for guest in self.guest_list:
             self.add_guest_link(guest)
+        if self.nested:
+            run(
+                "ip",
+                "link",
+                "add",
+                self.inner_port,
+                "netns",
+                self.proxy,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "up0",
+                "netns",
+                self.inner,
+            )
+            self.add_guest_link(self.inner_guest, self.inner)
+            for namespace, name in (
+                (self.proxy, self.inner_port),
+                (self.inner, "up0"),
+                (self.inner, "vm1"),
+                (self.inner_guest.name, "eth0"),
+            ):
+                self.ns(namespace, "ip", "link", "set", name, "up")
         self.sysctl(self.router, "net.ipv6.conf.all.forwarding", "1")
         self.ns(
             self.router, "ip", "-6", "addr", "add", f"{ROUTER_ADDRESS}/64", "dev", "r0", "nodad"
@@ -139,7 +171,7 @@ class Lab:
         if self.radvd:
             self.start_radvd()
 
-    def add_guest_link(self, guest: Guest) -> None:
+    def add_guest_link(self, guest: Guest, proxy: str | None = None) -> None:
         run(
             "ip",
             "link",
@@ -153,7 +185,7 @@ class Lab:
             "name",
             guest.port,
             "netns",
-            self.proxy,
+            proxy or self.proxy,
         )
         self.sysctl(guest.name, "net.ipv6.conf.eth0.accept_ra", "1")
         self.sysctl(guest.name, "net.ipv6.conf.eth0.autoconf", "1")
@@ -230,6 +262,35 @@ class Lab:
             if address.startswith(PREFIX_NET + ":"):
                 return address
         return None
+
+    def link_local(self, namespace: str, interface: str = "eth0") -> str | None:
+        out = self.ns(
+            namespace,
+            "ip",
+            "-6",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            interface,
+            "scope",
+            "link",
+            check=False,
+        ).stdout
+        for line in out.splitlines():
+            if "tentative" not in line:
+                return line.split()[3].split("/")[0]
+        return None
+
+    def wait_link_local(
+        self, namespace: str, interface: str = "eth0", timeout: float = 10.0
+    ) -> str:
+        """The host's link-local address once DAD is done (it can send ND from it)."""
+        return wait_for(
+            lambda: self.link_local(namespace, interface),
+            timeout,
+            f"a usable link-local address on {namespace}",
+        )
 
     def wait_slaac(self, guest: Guest, timeout: float = 20.0) -> str:
         return wait_for(

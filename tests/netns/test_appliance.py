@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from daemon import PEERS, Daemon, GroupSpec
 from lab import ROUTER_ADDRESS, leftover_namespaces, run, wait_for
+from labdaemon import Daemon, GroupSpec
+from peers import PEERS
 
 
 def allmulti(lab, interface: str) -> int:

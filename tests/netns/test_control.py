@@ -10,8 +10,9 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from daemon import PEERS, Daemon
 from lab import ROUTER_ADDRESS, wait_for
+from labdaemon import Daemon
+from peers import PEERS
 
 from portier.control import ControlClient
 from portier.schema import SCHEMA_VERSION
@@ -105,6 +106,7 @@ def test_views_and_operator_commands(proxy):
     assert all(w["state"] == "running" and w["restarts"] == 0 for w in workers.values()), workers
 
     # A guest that sends an RA is a loop: its member is disabled, visibly, until enabled.
+    lab.wait_link_local(guest2.name)
     lab.ns(guest2.name, sys.executable, PEERS, "ra", "eth0", "00")
     wait_for(
         lambda: (
@@ -374,6 +376,7 @@ def test_state_survives_kill_9_of_portierd(make_lab):
     daemon.call("bind", "spare0")
     daemon.call("add", "spare0", "extra", "--upstream")
     daemon.call("nested", "on")
+    lab.wait_link_local(guest2.name)
     lab.ns(guest2.name, sys.executable, PEERS, "ra", "eth0", "00")
     wait_for(
         lambda: (

@@ -1,19 +1,26 @@
-"""Tiny TCP/UDP peers for the netns tests, run with `python tcpcheck.py ROLE ...`.
+"""Tiny TCP/UDP/ND peers for the lab tests, run with `python peers.py ROLE ...`.
 
 server PORT            accept one TCP connection, print "<bytes> <sha256>" of what came
 client ADDR PORT SIZE  send SIZE pseudo-random bytes, print "<bytes> <sha256>"
 udprecv PORT COUNT     print the hop limit of each of COUNT datagrams received
 udpsend ADDR PORT HOPS send a datagram with that hop limit, once per 0.1 s, 50 times at most
 ra IFACE FLAGS         send one Router Advertisement (flags byte in hex) to ff02::1 on IFACE
+icmpwatch TYPE SECONDS print one JSON line per ICMPv6 message of TYPE received, for SECONDS
+redirect IFACE DST TARGET REDIRECTED SLLA
+                       send a Redirect to DST (link-local, on IFACE) with a TLLA option
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import json
 import random
 import socket
 import sys
 import time
+
+PEERS = __file__  # run this file in a lab host: [sys.executable, PEERS, ROLE, ...]
 
 
 def server(port: int) -> None:
@@ -69,6 +76,48 @@ def router_advertisement(interface: str, flags: int) -> None:
     sock.sendto(message, ("ff02::1", 0, 0, socket.if_nametoindex(interface)))
 
 
+def icmp_watch(kind: int, seconds: float) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+    print("listening", flush=True)
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(remaining)
+        try:
+            data, ancillary, _flags, source = sock.recvmsg(4096, 256)
+        except TimeoutError:
+            break
+        if not data or data[0] != kind:
+            continue
+        fields = {"source": source[0].split("%")[0], "hex": data.hex()}
+        for _level, cmsg, value in ancillary:
+            if cmsg == socket.IPV6_PKTINFO:
+                fields["destination"] = str(ipaddress.IPv6Address(value[:16]))
+            elif cmsg == socket.IPV6_HOPLIMIT:
+                fields["hop_limit"] = int.from_bytes(value[:4], sys.byteorder)
+        print(json.dumps(fields), flush=True)
+
+
+def redirect(interface: str, destination: str, target: str, redirected: str, mac: str) -> None:
+    """A Redirect (RFC 4861 §4.5) that only a router's link-local address may send."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+    index = socket.if_nametoindex(interface)
+    sock.bind(("fe80::1", 0, 0, index))
+    tlla = bytes([2, 1]) + bytes.fromhex(mac.replace(":", ""))
+    quoted = bytes(48)
+    header = bytes([4, 1 + len(quoted) // 8]) + bytes(6) + quoted
+    message = (
+        bytes([137, 0, 0, 0, 0, 0, 0, 0])
+        + ipaddress.IPv6Address(target).packed
+        + ipaddress.IPv6Address(redirected).packed
+        + tlla
+        + header
+    )
+    sock.sendto(message, (destination, 0, 0, index))
+
+
 if __name__ == "__main__":
     role, *rest = sys.argv[1:]
     if role == "server":
@@ -81,3 +130,7 @@ if __name__ == "__main__":
         udp_send(rest[0], int(rest[1]), int(rest[2]))
     elif role == "ra":
         router_advertisement(rest[0], int(rest[1], 16))
+    elif role == "icmpwatch":
+        icmp_watch(int(rest[0]), float(rest[1]))
+    elif role == "redirect":
+        redirect(*rest)

@@ -1,4 +1,4 @@
-"""Run the real portierd inside a lab's proxy namespace, as a test would use it."""
+"""Run the real portierd inside a lab's proxy namespace, as the demo and the tests do."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ class GroupSpec:
     members: list[str] = field(default_factory=list)
 
 
-def render_config(lab: Lab, groups: list[GroupSpec], extra: str = "") -> str:
+def render_config(workdir: Path, groups: list[GroupSpec], extra: str = "") -> str:
     lines = [
         extra,
         "[daemon]",
-        f'runtime_dir = "{lab.workdir}/run"',
-        f'state_dir = "{lab.workdir}/state"',
+        f'runtime_dir = "{workdir}/run"',
+        f'state_dir = "{workdir}/state"',
         "",
     ]
     for group in groups:
@@ -41,7 +41,10 @@ def render_config(lab: Lab, groups: list[GroupSpec], extra: str = "") -> str:
 
 def lab_groups(lab: Lab) -> list[GroupSpec]:
     """`lan` = up0 + the lab's ordinary guests; `iso` = its isolated guests, no upstream."""
-    groups = [GroupSpec("lan", "up0", [g.port for g in lab.guest_list if g.group == "lan"])]
+    members = [g.port for g in lab.guest_list if g.group == "lan"]
+    if lab.nested:
+        members.append(lab.inner_port)
+    groups = [GroupSpec("lan", "up0", members)]
     isolated = [g.port for g in lab.guest_list if g.group == "iso"]
     if isolated:
         groups.append(GroupSpec("iso", None, isolated))
@@ -49,14 +52,26 @@ def lab_groups(lab: Lab) -> list[GroupSpec]:
 
 
 class Daemon:
-    def __init__(self, lab: Lab, groups: list[GroupSpec] | None = None, extra: str = "") -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        groups: list[GroupSpec] | None = None,
+        extra: str = "",
+        *,
+        namespace: str | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        """portierd in the lab's proxy host (or `namespace`), its files under `workdir`."""
         self.lab = lab
-        self.config = lab.workdir / "portier.toml"
-        self.config.write_text(render_config(lab, groups or lab_groups(lab), extra))
-        self.runtime_dir = lab.workdir / "run"
-        self.log_path = lab.workdir / "portierd.log"
+        self.namespace = namespace or lab.proxy
+        self.workdir = workdir or lab.workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = self.workdir / "portier.toml"
+        self.config.write_text(render_config(self.workdir, groups or lab_groups(lab), extra))
+        self.runtime_dir = self.workdir / "run"
+        self.log_path = self.workdir / "portierd.log"
         self.process: subprocess.Popen | None = None
-        self.notify_path = lab.workdir / "notify.sock"
+        self.notify_path = self.workdir / "notify.sock"
         self.notify: socket.socket | None = None
 
     def start(self, timeout: float = 30.0) -> Daemon:
@@ -65,7 +80,7 @@ class Daemon:
         self.notify.bind(str(self.notify_path))
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))
         self.process = self.lab.spawn(
-            self.lab.proxy,
+            self.namespace,
             sys.executable,
             "-m",
             "portier.supervisor",
@@ -153,6 +168,3 @@ def netns_available() -> bool:
     ok = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
     subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return ok
-
-
-PEERS = str(Path(__file__).with_name("tcpcheck.py"))
