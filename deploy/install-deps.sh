@@ -15,6 +15,8 @@ declare -A wanted=(
   [iperf3]=iperf3
   [tcpdump]=tcpdump
   [ps]=procps
+  [setpriv]=util-linux
+  [promtool]=prometheus
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -33,4 +35,5 @@ fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+# prometheus is here for promtool, which checks the alert rules; its server is not started.
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

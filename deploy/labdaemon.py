@@ -74,13 +74,16 @@ class Daemon:
         self.notify_path = self.workdir / "notify.sock"
         self.notify: socket.socket | None = None
 
-    def start(self, timeout: float = 30.0) -> Daemon:
+    def start(self, timeout: float = 30.0, launcher: list[str] | None = None) -> Daemon:
+        """Start portierd (behind `launcher`, e.g. setpriv) and wait for its READY=1."""
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify_path.unlink(missing_ok=True)  # an earlier daemon's in the same lab
         self.notify.bind(str(self.notify_path))
+        os.chmod(self.notify_path, 0o666)  # portierd may run as another user
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))
         self.process = self.lab.spawn(
             self.namespace,
+            *(launcher or []),
             sys.executable,
             "-m",
             "portier.supervisor",

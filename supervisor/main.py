@@ -27,7 +27,7 @@ import zmq
 import zmq.asyncio
 import zmq.auth
 
-from portier import __version__, schema
+from portier import __version__, logs, schema
 from portier.config import DEFAULT_PATH, Config, ConfigError, load_config
 from portier.replication import snapshot_to_wire
 from portier.schema import SchemaError
@@ -598,9 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="portierd %(levelname)s %(message)s", stream=sys.stderr
-    )
+    logs.configure("portierd", args.log_level)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

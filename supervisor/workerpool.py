@@ -101,6 +101,7 @@ class WorkerPool:
             self.endpoint,
             *self.worker_args,
         ]
+        handle.started_at = time.monotonic()  # a failed exec counts as a short run
         try:
             process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
         except OSError as exc:

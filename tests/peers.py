@@ -8,6 +8,7 @@ ra IFACE FLAGS         send one Router Advertisement (flags byte in hex) to ff02
 icmpwatch TYPE SECONDS print one JSON line per ICMPv6 message of TYPE received, for SECONDS
 redirect IFACE DST TARGET REDIRECTED SLLA
                        send a Redirect to DST (link-local, on IFACE) with a TLLA option
+rawsend IFACE HEX      send one Ethernet frame, given in hex, out of IFACE
 """
 
 from __future__ import annotations
@@ -118,6 +119,12 @@ def redirect(interface: str, destination: str, target: str, redirected: str, mac
     sock.sendto(message, (destination, 0, 0, index))
 
 
+def raw_send(interface: str, frame_hex: str) -> None:
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((interface, 0))
+        sock.send(bytes.fromhex(frame_hex))
+
+
 if __name__ == "__main__":
     role, *rest = sys.argv[1:]
     if role == "server":
@@ -134,3 +141,5 @@ if __name__ == "__main__":
         icmp_watch(int(rest[0]), float(rest[1]))
     elif role == "redirect":
         redirect(*rest)
+    elif role == "rawsend":
+        raw_send(rest[0], rest[1])

@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from portier import schema
+from portier import logs, schema
 from portier.drops import DropReason
 from portier.engine import Dropped, Engine, Learned, LoopDetected, PrefixLearned, Transmit
 from portier.groups import Topology
@@ -90,6 +90,7 @@ class Worker:
         self.nd_types: Counter[int] = Counter()
         self.relay = Histogram(ND_RELAY_BUCKETS_S)
         self.engine_errors = 0
+        self.log_limit = logs.RateLimiter(burst=3, interval_s=60.0)
         self.drops: Counter[str] = Counter()
         self.learned: list[dict[str, Any]] = []
         self.learned_since = 0.0
@@ -294,7 +295,18 @@ class Worker:
                     self.learned_since = time.monotonic()
                 self.learned.append(neighbor_to_wire(action.neighbor))
             elif kind is LoopDetected:
-                log.warning("loop detected on %s (group %s)", action.interface, action.group)
+                allowed, held = self.log_limit.allow(f"loop {action.interface}")
+                if allowed:
+                    log.warning(
+                        "loop detected: RA on a member that must not see one",
+                        extra={
+                            "fields": {
+                                "interface": action.interface,
+                                "group": action.group,
+                                "suppressed": held,
+                            }
+                        },
+                    )
                 self.send(
                     "loop", interface=action.interface, group=action.group, until=action.until
                 )
@@ -420,12 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neighbor-lifetime", type=float, default=600.0)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"worker[{args.interface}] %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logs.configure(f"portier-worker[{args.interface}]", args.log_level)
     _die_with_parent()
     worker = Worker(
         args.interface,

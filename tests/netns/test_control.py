@@ -128,10 +128,12 @@ def test_views_and_operator_commands(proxy):
     assert json.loads(proxy.ctl("nested", "on").stdout)["code"] == "NO_OPERATION"
     assert proxy.call("status")["nested"]
     flushed = proxy.call("flush", "--group", "lan")["flushed"]
-    assert flushed >= 2 and proxy.call("neighbors") == []
-    # Forwarding relearns what was flushed.
+    assert flushed >= 2
+    # The quiet guest is forgotten (the router's periodic RAs may be relearned at once)...
+    assert address1 not in {n["address"] for n in proxy.call("neighbors")}
+    # ...and forwarding relearns it.
     lab.wait_ping(guest1.name, ROUTER_ADDRESS)
-    assert proxy.call("neighbors")
+    assert address1 in {n["address"] for n in proxy.call("neighbors")}
 
 
 def test_human_output_and_exit_codes(proxy):

@@ -1,0 +1,71 @@
+"""Logging for the daemons: journald-friendly lines and a rate limit for the packet path.
+
+Under systemd (JOURNAL_STREAM is set) each line starts with its syslog priority, `<3>`,
+which journald turns into the entry's priority, and carries no timestamp of its own.
+Elsewhere lines get a timestamp.  Either way the message is followed by key=value
+fields, so a line reads well and greps well.  Nothing on the packet path logs per
+packet: `RateLimiter` lets a few lines per key through each interval and counts the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class KeyValueFormatter(logging.Formatter):
+    def __init__(self, program: str, journald: bool) -> None:
+        super().__init__()
+        self.program = program
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        fields = getattr(record, "fields", None)
+        if fields:
+            message += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if self.journald:
+            return f"<{_PRIORITY.get(record.levelno, 6)}>{message}"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        return f"{stamp} {self.program} {record.levelname.lower()} {message}"
+
+
+def configure(program: str, level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter(program, journald="JOURNAL_STREAM" in os.environ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class RateLimiter:
+    """At most `burst` lines per key in any `interval_s`; says how many it held back."""
+
+    def __init__(self, burst: int = 5, interval_s: float = 60.0) -> None:
+        self.burst = burst
+        self.interval_s = interval_s
+        self._windows: dict[str, tuple[float, int, int]] = {}  # key -> (start, sent, held)
+
+    def allow(self, key: str, now: float | None = None) -> tuple[bool, int]:
+        """(log this one?, how many were suppressed since the last line for this key)."""
+        now = time.monotonic() if now is None else now
+        start, sent, held = self._windows.get(key, (now, 0, 0))
+        if now - start >= self.interval_s:
+            start, sent = now, 0
+        if sent < self.burst:
+            self._windows[key] = (start, sent + 1, 0)
+            return True, held
+        self._windows[key] = (start, sent, held + 1)
+        return False, 0
