@@ -49,6 +49,7 @@ class Config:
     control_tcp: str | None = None  # e.g. "tcp://127.0.0.1:9471", only with CURVE
     curve_secret_key: Path | None = None  # the server's key pair (zmq certificate file)
     curve_authorized_keys: Path | None = None  # clients' public certificates (a folder)
+    fastpath_enabled: bool = True
     groups: tuple[GroupConfig, ...] = field(default_factory=tuple)
     source: str = "<defaults>"
 
@@ -64,7 +65,16 @@ class Config:
         ]
 
 
-_TOP = {"nested", "loop_disable_seconds", "daemon", "metrics", "neighbors", "control", "group"}
+_TOP = {
+    "nested",
+    "loop_disable_seconds",
+    "daemon",
+    "metrics",
+    "neighbors",
+    "control",
+    "fastpath",
+    "group",
+}
 _CONTROL = {"socket", "tcp", "curve_secret_key", "curve_authorized_keys"}
 _DAEMON = {"runtime_dir", "state_dir", "control_group"}
 _METRICS = {"listen"}
@@ -135,6 +145,8 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
     )
     if lifetime <= 0:
         raise ConfigError(path, "neighbors.lifetime_seconds", "must be greater than 0")
+    fastpath = _table(data, "fastpath", {"enabled"}, path)
+    fastpath_enabled = _typed(fastpath, "enabled", bool, "fastpath.enabled", path, True)
     control = _table(data, "control", _CONTROL, path)
     control_socket = _typed(control, "socket", str, "control.socket", path, None)
     control_tcp = _typed(control, "tcp", str, "control.tcp", path, None)
@@ -199,6 +211,7 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
         metrics_listen=listen,
         neighbor_capacity=capacity,
         neighbor_lifetime_seconds=float(lifetime),
+        fastpath_enabled=fastpath_enabled,
         control_socket=Path(control_socket) if control_socket else None,
         control_tcp=control_tcp,
         curve_secret_key=Path(secret) if secret else None,

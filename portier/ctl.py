@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     nested = commands.add_parser("nested", help="nested mode (accept proxied RAs upstream)")
     nested.add_argument("state", choices=["on", "off"])
     commands.add_parser("watch", help="stream events until interrupted")
+    fast = commands.add_parser("fastpath", help="kernel fast path state and counts")
+    fast.add_argument("--check", action="store_true", help="compare with the kernel now")
     return parser
 
 
@@ -101,6 +103,8 @@ def request_for(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "upstream_unset", {"group": args.name}
     if command == "flush":
         return "flush", {"group": args.group}
+    if command == "fastpath":
+        return "fastpath", {"check": True if args.check else None}
     return "nested", {"enabled": args.state == "on"}
 
 
@@ -141,6 +145,9 @@ def render(command: str, result: Any) -> str:
             f"workers: {workers or 'none'}",
             f"frames: received {frames.get('received', 0)}, forwarded"
             f" {frames.get('forwarded', 0)}, dropped {frames.get('dropped', 0)}",
+            f"fast path {'on' if result['fastpath']['active'] else 'off'}:"
+            f" {result['fastpath']['neighbors']} neighbors,"
+            f" {result['fastpath']['kernel_packets']} frames in the kernel",
             f"nested mode {'on' if result['nested'] else 'off'},"
             f" loop-disable {result['loop_disable_s']:g} s",
         ]
@@ -197,6 +204,17 @@ def render(command: str, result: Any) -> str:
         )
     if command == "flush":
         return f"flushed {result['flushed']} neighbors"
+    if command == "fastpath":
+        state = "on" if result["active"] else f"off ({result['reason']})"
+        text = (
+            f"fast path {state}: {result['members']} members, {result['neighbors']}"
+            f" neighbors in the kernel, {result['kernel_packets']} frames forwarded there\n"
+            f"transactions {result['transactions']}, failures {result['failures']},"
+            f" rebuilds {result['rebuilds']}, repairs {result['repairs']}"
+        )
+        if result.get("drift") is not None:
+            text += f"\ncheck: {result['drift']} differences found and repaired"
+        return text
     if command == "reload":
         changes = result.get("changes") or {}
         text = "reloaded: " + (", ".join(f"{k} {v}" for k, v in changes.items()) or "no change")

@@ -62,6 +62,7 @@ CONTROL_OPS: dict[str, tuple[Field, ...]] = {
     "flush": (_f("group", str, required=False),),
     "nested": (_f("enabled", bool),),
     "reload": (),
+    "fastpath": (_f("check", bool, required=False),),
 }
 
 _NEIGHBOR = (

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import faulthandler
+import ipaddress
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import zmq.auth
 
 from portier import __version__, logs, schema
 from portier.config import DEFAULT_PATH, Config, ConfigError, load_config
-from portier.replication import snapshot_to_wire
+from portier.replication import change_neighbor, snapshot_to_wire
 from portier.schema import SchemaError
 from portier.status import OK, Code, Status
 from portier.supervisor import operations
@@ -42,6 +43,7 @@ from portier.supervisor.access import (
 )
 from portier.supervisor.control import TRANSPORT_MAX_BYTES, ControlServer
 from portier.supervisor.events import EventPublisher
+from portier.supervisor.fastpath import FastPath
 from portier.supervisor.metrics import MetricsServer
 from portier.supervisor.persistence import load_state, save_state, write_atomically
 from portier.supervisor.reload import ReloadPlan, plan_reload
@@ -58,6 +60,7 @@ NEIGHBOR_SAVE_S = 2.0
 WORKERS_SOCKET = "workers.sock"
 EVENTS_SOCKET = "events.sock"
 STATUS_FILE = "status.json"
+FASTPATH_CHECK_S = 10.0
 # Settings a reload cannot change in a running daemon.
 RESTART_SETTINGS = (
     "runtime_dir",
@@ -129,6 +132,10 @@ class Supervisor:
         self.sockets: list[zmq.asyncio.Socket] = []
         self.tasks: set[asyncio.Future[Any]] = set()
         self.stats = SupervisorStats()
+        self.fastpath = FastPath(enabled=config.fastpath_enabled)
+        self.fastpath_dirty = False
+        self.fastpath_packets = 0
+        self.fastpath_drift = 0
         self.metrics = MetricsServer(self)
 
     # --- start and stop ----------------------------------------------------------------
@@ -153,6 +160,7 @@ class Supervisor:
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.restore()
         self._bind_sockets()
+        await self.fastpath.start()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop_event.set)
@@ -248,6 +256,7 @@ class Supervisor:
                 await self._send(handle.interface, {"kind": "command", "command": "stop"})
         await self.pool.stop_all(timeout_s=3.0)
         self.persist()
+        await self.fastpath.remove()
         self.metrics.close()
         if self.zap is not None:
             self.zap.close()
@@ -280,9 +289,29 @@ class Supervisor:
     async def committed(self, op: str, changes: list[Change] | None = None, **fields: Any) -> None:
         """After an operation changed state: replicate it, persist it, announce it."""
         await self.broadcast([*(changes or []), *self.state.topology_changed()])
+        await self.sync_fastpath()
         self.persist()
         self.publish("state", op=op, **fields)
         self._check_ready()
+
+    async def sync_fastpath(self) -> None:
+        self.fastpath_dirty = False
+        await self.fastpath.sync(self.state.topology, self.state.neighbors, time.monotonic())
+
+    async def check_fastpath(self) -> int:
+        """The periodic consistency check, and freshness for what only the kernel saw."""
+        now = time.monotonic()
+        drift = await self.fastpath.check(self.state.topology, self.state.neighbors, now)
+        self.fastpath_drift += drift
+        refreshed = []
+        for group, addresses in (await self.fastpath.seen_sources()).items():
+            for text in addresses:
+                entry = self.state.neighbors.touch(group, ipaddress.IPv6Address(text).packed, now)
+                if entry is not None:
+                    refreshed.append(change_neighbor(entry))
+        await self.broadcast(refreshed)
+        self.fastpath_packets = await self.fastpath.packets()
+        return drift
 
     def publish(self, kind: str, **fields: Any) -> None:
         if self.events is not None:
@@ -398,6 +427,7 @@ class Supervisor:
             "neighbors": len(self.state.neighbors),
             "workers": workers,
             "frames": totals,
+            "fastpath": {**self.fastpath.view(), "kernel_packets": self.fastpath_packets},
             "config": str(self.config_path) if self.config_path else None,
             "state_dir": str(self.config.state_dir),
         }
@@ -493,6 +523,7 @@ class Supervisor:
             changes, accepted = self.state.on_learned(interface, message["neighbors"])
             if accepted:
                 self.neighbors_dirty = True
+                self.fastpath_dirty = True
                 await self.broadcast(changes, exclude=interface)
                 for entry in accepted:
                     self.stats.learned[entry.group] += 1
@@ -507,6 +538,7 @@ class Supervisor:
                     )
         elif kind == "link":
             await self.broadcast(self.state.on_link(interface, message))
+            await self.sync_fastpath()  # a re-created interface has a new ifindex
             self.publish(
                 "state",
                 op="link",
@@ -525,6 +557,7 @@ class Supervisor:
                 if changes:
                     self.stats.loops[interface] += 1
                     await self.broadcast(changes)
+                    await self.sync_fastpath()  # stop forwarding to it at once
                     self.persist()
                     self.publish(
                         "loop",
@@ -533,6 +566,7 @@ class Supervisor:
                         disabled_for_s=self.state.topology.loop_disable_s,
                     )
         elif kind == "prefix":
+            self.fastpath_dirty = True
             await self.broadcast(
                 self.state.on_prefix(
                     interface,
@@ -560,6 +594,7 @@ class Supervisor:
 
     async def _tick(self) -> None:
         next_heartbeat = next_watchdog = 0.0
+        next_check = time.monotonic() + FASTPATH_CHECK_S
         while True:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
@@ -579,6 +614,12 @@ class Supervisor:
                             group=change["group"],
                             address=change["address"],
                         )
+                self.fastpath_dirty = True
+            if self.fastpath_dirty:
+                await self.sync_fastpath()
+            if self.fastpath.active and now >= next_check:
+                next_check = now + FASTPATH_CHECK_S
+                await self.check_fastpath()
             if self.neighbors_dirty and now - self.saved_at >= NEIGHBOR_SAVE_S:
                 self.persist()
             self.pool.check_heartbeats(now)

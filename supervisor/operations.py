@@ -258,6 +258,12 @@ async def nested(sup: Supervisor, args: dict[str, Any]) -> Result:
     return OK, None
 
 
+@operation("fastpath")
+async def fastpath(sup: Supervisor, args: dict[str, Any]) -> Result:
+    drift = await sup.check_fastpath() if args.get("check") else None
+    return OK, {**sup.fastpath.view(), "kernel_packets": sup.fastpath_packets, "drift": drift}
+
+
 @operation("reload")
 async def reload(sup: Supervisor, args: dict[str, Any]) -> Result:
     return await sup.reload()

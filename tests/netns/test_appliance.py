@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from lab import ROUTER_ADDRESS, leftover_namespaces, run, wait_for
 from labdaemon import Daemon, GroupSpec
 from peers import PEERS
@@ -43,9 +44,11 @@ def test_slaac_ping_and_group_isolation(make_lab):
     assert all(w["state"] == "running" for w in status["workers"])
 
 
-def test_tcp_10mb_arrives_intact_and_hop_limit_is_untouched(make_lab):
+@pytest.mark.parametrize("fastpath", ["userspace", "kernel fast path"])
+def test_tcp_10mb_arrives_intact_and_hop_limit_is_untouched(make_lab, fastpath):
     lab = make_lab(guests=1)
-    Daemon(lab).start()
+    enabled = "true" if fastpath == "kernel fast path" else "false"
+    Daemon(lab, extra=f"[fastpath]\nenabled = {enabled}").start()
     guest = lab.guest_list[0]
     address = lab.wait_slaac(guest)
     lab.wait_ping(guest.name, ROUTER_ADDRESS)
