@@ -27,7 +27,7 @@ The rules (RFC 4389, with Portier's groups):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from portier.addresses import (
     UNSPECIFIED,
@@ -48,6 +48,8 @@ from portier.frame import (
 from portier.groups import Interface, Topology
 from portier.holdqueue import HeldFrame, HoldQueue
 from portier.ndmsg import (
+    NA_FLAG_ROUTER,
+    NA_FLAG_SOLICITED,
     LinkLayerAddressOption,
     NDType,
     NeighborAdvertisement,
@@ -62,6 +64,8 @@ from portier.rewrite import rewrite_nd
 from portier.validation import validate_nd
 
 IPV6_MIN_MTU = 1280
+# A multicast NS is answered on a neighbor's behalf when it was seen this recently.
+ANSWER_FRESH_S = 30.0
 _PTB_QUOTE_MAX = IPV6_MIN_MTU - 40 - 8
 _INFINITE_LIFETIME = 0xFFFFFFFF
 _FOREVER = float("inf")
@@ -126,7 +130,13 @@ class Engine:
         self._ptb_burst = float(ptb_burst)
         self._ptb_tokens = float(ptb_burst)
         self._ptb_refilled_at = 0.0
-        self.counters = {"held": 0, "released": 0, "ptb_sent": 0, "solicits_sent": 0}
+        self.counters = {
+            "held": 0,
+            "released": 0,
+            "ptb_sent": 0,
+            "solicits_sent": 0,
+            "answered": 0,
+        }
 
     # --- ingress -------------------------------------------------------------------
 
@@ -271,6 +281,9 @@ class Engine:
             )
             if learned is not None:
                 self._on_learned(learned, now, actions)
+
+        if kind == NDType.NEIGHBOR_SOLICITATION and dst[0] == 0xFF and src != UNSPECIFIED:
+            self._answer_for_neighbor(iface, frame, message, actions, now)
 
         if dst in iface.addresses:
             actions.append(Dropped(ingress, DropReason.LOCAL_DESTINATION))
@@ -425,6 +438,37 @@ class Engine:
         header = IPv6Header(source, sender, 58, 255, len(message))
         actions.append(Transmit(iface.name, build_frame(frame[6:12], iface.mac, header, message)))
         self.counters["ptb_sent"] += 1
+
+    def _answer_for_neighbor(
+        self, iface: Interface, frame: bytes, message: Any, actions: list[Action], now: float
+    ) -> None:
+        """Answer a multicast NS for a neighbor seen recently behind another member.
+
+        Like a kernel proxy entry: the answer names the ingress's MAC, which is the answer
+        the neighbor's own NA would bring back through us anyway, one round trip later.
+        O is clear (RFC 4861 §7.2.8) so that it never overrides the owner's own NA; the
+        NS is still forwarded, so the neighbor learns of the asker too.
+        """
+        entry = self.neighbors.get(iface.group or "", message.target)
+        if entry is None or entry.interface == iface.name or now - entry.last_seen > ANSWER_FRESH_S:
+            return
+        owner = self.topology.interfaces.get(entry.interface)
+        if owner is None or not owner.enabled or owner.group != iface.group:
+            return
+        asker = frame[22:38]
+        asker_mac = _link_layer_option(message.options, OptionType.SOURCE_LINK_LAYER)
+        flags = NA_FLAG_SOLICITED | (NA_FLAG_ROUTER if entry.is_router else 0)
+        answer = NeighborAdvertisement(
+            message.target,
+            flags,
+            (LinkLayerAddressOption(OptionType.TARGET_LINK_LAYER, iface.mac),),
+        )
+        icmp = encode_nd(answer, message.target, asker)
+        header = IPv6Header(message.target, asker, 58, 255, len(icmp))
+        actions.append(
+            Transmit(iface.name, build_frame(asker_mac or frame[6:12], iface.mac, header, icmp))
+        )
+        self.counters["answered"] += 1
 
     # --- learning ------------------------------------------------------------------
 

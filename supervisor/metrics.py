@@ -203,6 +203,27 @@ class PortierCollector:
             interfaces.add_metric([interface.group or "", role], 1)
         yield interfaces
 
+        fast = sup.fastpath.view()
+        active = GaugeMetricFamily("portier_fastpath_active", "1 while the kernel fast path is on")
+        active.add_metric([], 1 if fast["active"] else 0)
+        yield active
+        programmed = GaugeMetricFamily(
+            "portier_fastpath_neighbors", "Neighbors forwarded to by the kernel"
+        )
+        programmed.add_metric([], fast["neighbors"])
+        yield programmed
+        kernel = CounterMetricFamily(
+            "portier_fastpath_forwarded_packets", "Frames the kernel fast path forwarded"
+        )
+        kernel.add_metric([], sup.fastpath_packets)
+        yield kernel
+        events = CounterMetricFamily(
+            "portier_fastpath_events", "nftables transactions by outcome", labels=["event"]
+        )
+        for event in ("transactions", "failures", "rebuilds", "repairs"):
+            events.add_metric([event], fast[event])
+        yield events
+
         requests = CounterMetricFamily(
             "portier_control_requests",
             "Control requests by operation and result code",

@@ -463,3 +463,37 @@ def test_jumbogram_super_frame_is_forwarded_whole(engine):
     frame = frame[:18] + b"\x00\x00\x00" + frame[21:54] + body
     out = sent(engine.handle_frame("vm1", frame, 2.0, segment_bytes=1440))
     assert out == {"up0": ROUTER_MAC + UP_MAC + frame[12:]}
+
+
+def test_multicast_ns_for_a_fresh_neighbor_is_answered_at_once(engine):
+    learn_router_and_guests(engine, now=1.0)
+    target = solicited_node(GUEST1)
+    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
+    actions = engine.handle_frame("up0", nd_frame(ROUTER_MAC, None, ROUTER, target, ns), 2.0)
+    out = sent(actions)
+    assert set(out) == {"up0", "vm1", "vm2"}  # the answer, and the NS still forwarded
+    answer = parse_packet(out["up0"])
+    assert answer.dst_mac == ROUTER_MAC and answer.src_mac == UP_MAC
+    assert (answer.ipv6.src, answer.ipv6.dst, answer.ipv6.hop_limit) == (GUEST1, ROUTER, 255)
+    na = validate_nd(255, answer.ipv6.src, answer.ipv6.dst, answer.upper)
+    assert na.target == GUEST1 and na.solicited and not na.override and not na.router
+    assert na.options == (LinkLayerAddressOption(2, UP_MAC),)
+    assert engine.counters["answered"] == 1
+
+
+def test_ns_is_not_answered_for_stale_unknown_or_same_side_targets(engine):
+    learn_router_and_guests(engine, now=1.0)
+    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
+    frame = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+    assert "up0" not in sent(engine.handle_frame("up0", frame, 100.0))  # not seen for 99 s
+    dad = nd_frame(
+        ROUTER_MAC, None, bytes(16), solicited_node(GUEST1), NeighborSolicitation(GUEST1)
+    )
+    assert "up0" not in sent(engine.handle_frame("up0", dad, 1.5))  # DAD is never answered
+    # A target on the asker's own segment answers for itself.
+    neighbor_on_vm1 = parse_ipv6("2001:db8:1::199")
+    engine.handle_frame("vm1", udp_frame(GUEST3_MAC, VM1_MAC, neighbor_on_vm1, ROUTER), 1.6)
+    same_side = NeighborSolicitation(neighbor_on_vm1, (LinkLayerAddressOption(1, GUEST1_MAC),))
+    frame = nd_frame(GUEST1_MAC, None, GUEST1, solicited_node(neighbor_on_vm1), same_side)
+    assert "vm1" not in sent(engine.handle_frame("vm1", frame, 1.7))
+    assert engine.counters["answered"] == 0
