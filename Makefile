@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/engine_bench.py
 	$(PY) bench/appliance_bench.py
 	$(PY) bench/control_bench.py
+	$(PY) bench/compare_bench.py
 
 deps:
 	bash deploy/install-deps.sh

@@ -17,6 +17,7 @@ declare -A wanted=(
   [ps]=procps
   [setpriv]=util-linux
   [promtool]=prometheus
+  [ndppd]=ndppd
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

@@ -64,8 +64,9 @@ from portier.rewrite import rewrite_nd
 from portier.validation import validate_nd
 
 IPV6_MIN_MTU = 1280
-# A multicast NS is answered on a neighbor's behalf when it was seen this recently.
-ANSWER_FRESH_S = 30.0
+# A multicast NS is answered on a neighbor's behalf when it was seen this recently
+# (workers report a neighbor they keep seeing at least every minute: neighbors.py).
+ANSWER_FRESH_S = 300.0
 _PTB_QUOTE_MAX = IPV6_MIN_MTU - 40 - 8
 _INFINITE_LIFETIME = 0xFFFFFFFF
 _FOREVER = float("inf")

@@ -58,7 +58,9 @@ class NeighborCache:
         self.capacity = capacity
         self.lifetime_s = lifetime_s
         self.reachable_s = reachable_s
-        self.report_interval_s = lifetime_s / 4
+        # A known neighbor seen again is reported at least this often, so that replicas
+        # elsewhere know it is alive (the engine answers NS for fresh neighbors only).
+        self.report_interval_s = min(lifetime_s / 4, 60.0)
         self.evicted = 0
         self._entries: dict[tuple[str, bytes], Neighbor] = {}
         # group -> addresses of its routers, so that choosing one never scans the cache.

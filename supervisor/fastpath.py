@@ -2,11 +2,11 @@
 
 One netdev table, `portier`, owned by portierd and programmed from the authoritative
 state.  Per enabled member an ingress chain: ND and multicast are accepted (they go on to
-the workers), the source is noted in a per-group `seen` set (so neighbors whose traffic
-never reaches userspace stay fresh), then a verdict map keyed by destination address
-jumps to that neighbor's chain: rewrite both Ethernet addresses and `fwd` out of the
-egress.  The hop limit is never touched (`fwd ip6 to` would decrement it: not used).  On
-downstream members, destinations outside the on-link prefixes go to the upstream's
+the workers), then a verdict map keyed by destination address jumps to that neighbor's
+chain: rewrite both Ethernet addresses and `fwd` out of the egress.  Neighbors whose data
+bypasses userspace stay fresh through ND: the peers' unicast NUD probes still pass
+through the workers.  The hop limit is never touched (`fwd ip6 to` would decrement it:
+not used).  On downstream members, destinations outside the on-link prefixes go to the upstream's
 router, as the engine does.  A miss leaves the frame to the workers (hold, solicit).
 
 Programming is a diff between what the state wants and what was last programmed, applied
@@ -34,7 +34,6 @@ log = logging.getLogger("portier.supervisor")
 
 TABLE = "portier"
 FAMILY = "netdev"
-SEEN_TIMEOUT_S = 60
 ND_TYPES = [
     "nd-router-solicit",
     "nd-router-advert",
@@ -229,7 +228,7 @@ class FastPath:
         for name in have.ingress.keys() - want.ingress.keys():
             commands.append({"delete": _obj("chain", name=f"in_{_hex(name)}")})
         for group in have.groups.keys() - want.groups.keys():
-            for kind, prefix in (("map", "g_"), ("set", "seen_"), ("set", "onlink_")):
+            for kind, prefix in (("map", "g_"), ("set", "onlink_")):
                 commands.append({"delete": _obj(kind, name=f"{prefix}{_hex(group)}")})
         for key in have.neighbors.keys() - want.neighbors.keys():
             group, address = key
@@ -243,16 +242,6 @@ class FastPath:
             if group not in have.groups:
                 commands += [
                     {"add": _obj("map", name=f"g_{tag}", type="ipv6_addr", map="verdict")},
-                    {
-                        "add": _obj(
-                            "set",
-                            name=f"seen_{tag}",
-                            type="ipv6_addr",
-                            flags=["timeout"],
-                            timeout=SEEN_TIMEOUT_S,
-                            size=65536,
-                        )
-                    },
                     {
                         "add": _obj(
                             "set", name=f"onlink_{tag}", type="ipv6_addr", flags=["interval"]
@@ -381,10 +370,6 @@ class FastPath:
                 },
                 {"accept": None},
             ],
-            [
-                {"match": {"op": "==", "left": {"meta": {"key": "protocol"}}, "right": "ip6"}},
-                {"set": {"op": "update", "elem": _payload("ip6", "saddr"), "set": f"@seen_{tag}"}},
-            ],
             [{"vmap": {"key": daddr, "data": f"@g_{tag}"}}],
         ]
         if rule.router_chain:
@@ -448,22 +433,6 @@ class FastPath:
             )
             await self.sync(topology, neighbors, now)
         return drift
-
-    async def seen_sources(self) -> dict[str, set[str]]:
-        """Per group, the source addresses the kernel forwarded for recently."""
-        items = await self.listing()
-        seen: dict[str, set[str]] = {}
-        if not items:
-            return seen
-        by_tag = {f"seen_{_hex(group)}": group for group in self.programmed.groups}
-        for item in items:
-            if "set" in item and item["set"]["name"] in by_tag:
-                addresses = set()
-                for element in item["set"].get("elem", []):
-                    value = element["elem"]["val"] if isinstance(element, dict) else element
-                    addresses.add(str(value))
-                seen[by_tag[item["set"]["name"]]] = addresses
-        return seen
 
     async def packets(self) -> int:
         """Frames the kernel forwarded through the neighbor chains, in all."""

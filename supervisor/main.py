@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import dataclasses
 import faulthandler
-import ipaddress
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ import zmq.auth
 
 from portier import __version__, logs, schema
 from portier.config import DEFAULT_PATH, Config, ConfigError, load_config
-from portier.replication import change_neighbor, snapshot_to_wire
+from portier.replication import snapshot_to_wire
 from portier.schema import SchemaError
 from portier.status import OK, Code, Status
 from portier.supervisor import operations
@@ -299,17 +298,10 @@ class Supervisor:
         await self.fastpath.sync(self.state.topology, self.state.neighbors, time.monotonic())
 
     async def check_fastpath(self) -> int:
-        """The periodic consistency check, and freshness for what only the kernel saw."""
+        """The periodic consistency check, and the kernel's forwarding count."""
         now = time.monotonic()
         drift = await self.fastpath.check(self.state.topology, self.state.neighbors, now)
         self.fastpath_drift += drift
-        refreshed = []
-        for group, addresses in (await self.fastpath.seen_sources()).items():
-            for text in addresses:
-                entry = self.state.neighbors.touch(group, ipaddress.IPv6Address(text).packed, now)
-                if entry is not None:
-                    refreshed.append(change_neighbor(entry))
-        await self.broadcast(refreshed)
         self.fastpath_packets = await self.fastpath.packets()
         return drift
 

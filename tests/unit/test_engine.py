@@ -485,15 +485,15 @@ def test_ns_is_not_answered_for_stale_unknown_or_same_side_targets(engine):
     learn_router_and_guests(engine, now=1.0)
     ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
     frame = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
-    assert "up0" not in sent(engine.handle_frame("up0", frame, 100.0))  # not seen for 99 s
+    assert "up0" not in sent(engine.handle_frame("up0", frame, 400.0))  # not seen for 399 s
     dad = nd_frame(
         ROUTER_MAC, None, bytes(16), solicited_node(GUEST1), NeighborSolicitation(GUEST1)
     )
-    assert "up0" not in sent(engine.handle_frame("up0", dad, 1.5))  # DAD is never answered
+    assert "up0" not in sent(engine.handle_frame("up0", dad, 400.5))  # DAD is never answered
     # A target on the asker's own segment answers for itself.
     neighbor_on_vm1 = parse_ipv6("2001:db8:1::199")
-    engine.handle_frame("vm1", udp_frame(GUEST3_MAC, VM1_MAC, neighbor_on_vm1, ROUTER), 1.6)
+    engine.handle_frame("vm1", udp_frame(GUEST3_MAC, VM1_MAC, neighbor_on_vm1, ROUTER), 401.0)
     same_side = NeighborSolicitation(neighbor_on_vm1, (LinkLayerAddressOption(1, GUEST1_MAC),))
     frame = nd_frame(GUEST1_MAC, None, GUEST1, solicited_node(neighbor_on_vm1), same_side)
-    assert "vm1" not in sent(engine.handle_frame("vm1", frame, 1.7))
+    assert "vm1" not in sent(engine.handle_frame("vm1", frame, 401.1))
     assert engine.counters["answered"] == 0
