@@ -40,6 +40,25 @@ def run(*argv: str, check: bool = True, timeout: float = 30.0) -> subprocess.Com
     return result
 
 
+def veth(name: str, namespace: str, peer: str, peer_namespace: str) -> None:
+    """A veth pair with one end in each namespace."""
+    run(
+        "ip",
+        "link",
+        "add",
+        name,
+        "netns",
+        namespace,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        peer_namespace,
+    )
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
     """Poll an observable condition until it holds; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -117,39 +136,11 @@ class Lab:
             self.sysctl(proxy, "net.ipv6.conf.all.accept_ra", "0")
             self.sysctl(proxy, "net.ipv6.conf.default.accept_ra", "0")
         # Router <-> proxy upstream.
-        run(
-            "ip",
-            "link",
-            "add",
-            "r0",
-            "netns",
-            self.router,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "up0",
-            "netns",
-            self.proxy,
-        )
+        veth("r0", self.router, "up0", self.proxy)
         for guest in self.guest_list:
             self.add_guest_link(guest)
         if self.nested:
-            run(
-                "ip",
-                "link",
-                "add",
-                self.inner_port,
-                "netns",
-                self.proxy,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "up0",
-                "netns",
-                self.inner,
-            )
+            veth(self.inner_port, self.proxy, "up0", self.inner)
             self.add_guest_link(self.inner_guest, self.inner)
             for namespace, name in (
                 (self.proxy, self.inner_port),
@@ -172,21 +163,7 @@ class Lab:
             self.start_radvd()
 
     def add_guest_link(self, guest: Guest, proxy: str | None = None) -> None:
-        run(
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            guest.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            guest.port,
-            "netns",
-            proxy or self.proxy,
-        )
+        veth("eth0", guest.name, guest.port, proxy or self.proxy)
         self.sysctl(guest.name, "net.ipv6.conf.eth0.accept_ra", "1")
         self.sysctl(guest.name, "net.ipv6.conf.eth0.autoconf", "1")
         if guest.static_address:

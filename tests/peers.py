@@ -9,6 +9,7 @@ icmpwatch TYPE SECONDS print one JSON line per ICMPv6 message of TYPE received, 
 redirect IFACE DST TARGET REDIRECTED SLLA
                        send a Redirect to DST (link-local, on IFACE) with a TLLA option
 rawsend IFACE HEX      send one Ethernet frame, given in hex, out of IFACE
+rs IFACE MAC           send one Router Solicitation carrying MAC in its SLLA option
 """
 
 from __future__ import annotations
@@ -119,6 +120,13 @@ def redirect(interface: str, destination: str, target: str, redirected: str, mac
     sock.sendto(message, (destination, 0, 0, index))
 
 
+def router_solicitation(interface: str, mac: str) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+    message = bytes([133, 0, 0, 0, 0, 0, 0, 0, 1, 1]) + bytes.fromhex(mac.replace(":", ""))
+    sock.sendto(message, ("ff02::2", 0, 0, socket.if_nametoindex(interface)))
+
+
 def raw_send(interface: str, frame_hex: str) -> None:
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
         sock.bind((interface, 0))
@@ -141,5 +149,7 @@ if __name__ == "__main__":
         icmp_watch(int(rest[0]), float(rest[1]))
     elif role == "redirect":
         redirect(*rest)
+    elif role == "rs":
+        router_solicitation(rest[0], rest[1])
     elif role == "rawsend":
         raw_send(rest[0], rest[1])

@@ -30,6 +30,20 @@ def proxy(make_lab):
     return daemon
 
 
+def loop_guest(daemon: Daemon, guest, port: str) -> None:
+    """Make a guest send an RA, and wait for its member to be loop-disabled."""
+    daemon.lab.wait_link_local(guest.name)
+    daemon.lab.ns(guest.name, sys.executable, PEERS, "ra", "eth0", "00")
+    wait_for(
+        lambda: (
+            "loop_detected"
+            in next(i for i in daemon.call("interfaces") if i["name"] == port)["disable_reasons"]
+        ),
+        10,
+        f"{port} loop-disabled",
+    )
+
+
 def reply(daemon: Daemon, *argv: str) -> tuple[int, dict | None, str]:
     result = daemon.ctl(*argv)
     document = json.loads(result.stdout) if result.stdout.strip() else None
@@ -106,16 +120,7 @@ def test_views_and_operator_commands(proxy):
     assert all(w["state"] == "running" and w["restarts"] == 0 for w in workers.values()), workers
 
     # A guest that sends an RA is a loop: its member is disabled, visibly, until enabled.
-    lab.wait_link_local(guest2.name)
-    lab.ns(guest2.name, sys.executable, PEERS, "ra", "eth0", "00")
-    wait_for(
-        lambda: (
-            "loop_detected"
-            in next(i for i in proxy.call("interfaces") if i["name"] == "vm2")["disable_reasons"]
-        ),
-        10,
-        "vm2 disabled by the loop",
-    )
+    loop_guest(proxy, guest2, "vm2")
     vm2 = next(i for i in proxy.call("interfaces") if i["name"] == "vm2")
     assert not vm2["forwarding"] and 3500 < vm2["loop_disabled_for_s"] <= 3600
     assert proxy.call("status")["disabled"] == {"vm2": ["loop_detected"]}
@@ -378,16 +383,7 @@ def test_state_survives_kill_9_of_portierd(make_lab):
     daemon.call("bind", "spare0")
     daemon.call("add", "spare0", "extra", "--upstream")
     daemon.call("nested", "on")
-    lab.wait_link_local(guest2.name)
-    lab.ns(guest2.name, sys.executable, PEERS, "ra", "eth0", "00")
-    wait_for(
-        lambda: (
-            "loop_detected"
-            in next(i for i in daemon.call("interfaces") if i["name"] == "vm2")["disable_reasons"]
-        ),
-        10,
-        "vm2 loop-disabled",
-    )
+    loop_guest(daemon, guest2, "vm2")
     learned = {(n["group"], n["address"]) for n in daemon.call("neighbors")}
     assert ("lan", address1) in learned
     state_file = lab.workdir / "state" / "state.msgpack"
