@@ -218,29 +218,8 @@ class Lab:
 
     # --- observing -----------------------------------------------------------------------
 
-    def global_address(self, guest: Guest) -> str | None:
-        out = self.ns(
-            guest.name,
-            "ip",
-            "-6",
-            "-o",
-            "addr",
-            "show",
-            "dev",
-            "eth0",
-            "scope",
-            "global",
-            check=False,
-        ).stdout
-        for line in out.splitlines():
-            if "tentative" in line or "dadfailed" in line:
-                continue
-            address = line.split()[3].split("/")[0]
-            if address.startswith(PREFIX_NET + ":"):
-                return address
-        return None
-
-    def link_local(self, namespace: str, interface: str = "eth0") -> str | None:
+    def usable_addresses(self, namespace: str, interface: str, scope: str) -> list[str]:
+        """Addresses of a scope that DAD has finished with (not tentative, not failed)."""
         out = self.ns(
             namespace,
             "ip",
@@ -251,13 +230,21 @@ class Lab:
             "dev",
             interface,
             "scope",
-            "link",
+            scope,
             check=False,
         ).stdout
-        for line in out.splitlines():
-            if "tentative" not in line:
-                return line.split()[3].split("/")[0]
-        return None
+        return [
+            line.split()[3].split("/")[0]
+            for line in out.splitlines()
+            if "tentative" not in line and "dadfailed" not in line
+        ]
+
+    def global_address(self, guest: Guest) -> str | None:
+        addresses = self.usable_addresses(guest.name, "eth0", "global")
+        return next((a for a in addresses if a.startswith(PREFIX_NET + ":")), None)
+
+    def link_local(self, namespace: str, interface: str = "eth0") -> str | None:
+        return next(iter(self.usable_addresses(namespace, interface, "link")), None)
 
     def wait_link_local(
         self, namespace: str, interface: str = "eth0", timeout: float = 10.0
