@@ -101,9 +101,5 @@ class HoldQueue:
             solicit.append(pending)
         return solicit, expired
 
-    def drop_group(self, group: str) -> list[PendingDestination]:
-        doomed = [key for key in self._pending if key[0] == group]
-        return [self._pending.pop(key) for key in doomed]
-
     def next_deadline(self) -> float | None:
         return min((p.next_action_at for p in self._pending.values()), default=None)

@@ -116,13 +116,6 @@ class NeighborCache:
             return entry
         return None
 
-    def touch(self, group: str, address: bytes, now: float) -> Neighbor | None:
-        """Seen again without its link-layer address (the kernel forwarded for it)."""
-        entry = self._entries.get((group, address))
-        if entry is None:
-            return None
-        return self.learn(group, address, entry.interface, entry.mac, now)
-
     def put(self, neighbor: Neighbor) -> None:
         """Store an entry as given (a replica applying the supervisor's state)."""
         key = (neighbor.group, neighbor.address)

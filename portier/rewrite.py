@@ -16,11 +16,6 @@ _LINK_LAYER_OPTIONS = (1, 2)
 _ICMPV6 = b"\x00\x00\x00\x3a"
 
 
-def rewrite_data(frame: bytes, egress_mac: bytes, dst_mac: bytes) -> bytes:
-    """A non-ND frame: new Ethernet addresses, every other byte as received."""
-    return dst_mac + egress_mac + frame[12:]
-
-
 def rewrite_nd(frame: bytes, icmp_offset: int, egress_mac: bytes, dst_mac: bytes) -> bytes:
     """A validated ND frame rewritten for the egress interface, checksum recomputed."""
     out = bytearray(frame)

@@ -76,10 +76,6 @@ class Status:
     def __str__(self) -> str:
         return ": ".join(part for part in (code_display(self.code), self.text()) if part)
 
-    def raise_for_status(self) -> None:
-        if not self.ok:
-            raise PortierError(self)
-
 
 OK = Status()
 

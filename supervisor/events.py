@@ -21,7 +21,6 @@ TOPICS = ("state", "neighbor", "worker", "loop")
 class EventPublisher:
     def __init__(self, socket: zmq.Socket) -> None:
         self.socket = socket
-        self.published = 0
 
     def publish(self, kind: str, **fields: Any) -> None:
         payload = schema.encode({"kind": kind, "time": time.time(), **fields})
@@ -29,4 +28,3 @@ class EventPublisher:
             self.socket.send_multipart([kind.encode(), payload], zmq.NOBLOCK)
         except zmq.ZMQError:
             return
-        self.published += 1

@@ -134,7 +134,6 @@ class Supervisor:
         self.fastpath = FastPath(enabled=config.fastpath_enabled)
         self.fastpath_dirty = False
         self.fastpath_packets = 0
-        self.fastpath_drift = 0
         self.metrics = MetricsServer(self)
 
     # --- start and stop ----------------------------------------------------------------
@@ -301,7 +300,6 @@ class Supervisor:
         """The periodic consistency check, and the kernel's forwarding count."""
         now = time.monotonic()
         drift = await self.fastpath.check(self.state.topology, self.state.neighbors, now)
-        self.fastpath_drift += drift
         self.fastpath_packets = await self.fastpath.packets()
         return drift
 

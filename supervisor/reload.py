@@ -24,10 +24,6 @@ class ReloadPlan:
     memberships: list[tuple[str, str, bool]] = field(default_factory=list)
     unset_upstreams: list[str] = field(default_factory=list)
 
-    @property
-    def empty(self) -> bool:
-        return not any(vars(self).values())
-
     def summary(self) -> dict[str, Any]:
         return {key: value for key, value in vars(self).items() if value}
 
