@@ -180,7 +180,8 @@ class Engine:
                 frame = frame[:end]  # Ethernet padding
         if not frame[0] & 1 and frame[0:6] != iface.mac:
             return [Dropped(ingress, DropReason.NOT_FOR_US)]
-        if frame[6:12] in self.topology.own_macs():
+        source_mac = frame[6:12]
+        if source_mac in self.topology.own_macs():
             return [Dropped(ingress, DropReason.OWN_FRAME)]
 
         next_header = frame[20]
@@ -210,10 +211,10 @@ class Engine:
             if (
                 entry is None
                 or entry.interface != ingress
-                or entry.mac != frame[6:12]
+                or entry.mac != source_mac
                 or now - entry.last_seen >= 1.0
             ) and (entry is not None or self._on_link(group, src) is not False):
-                learned = self.neighbors.learn(group, src, ingress, frame[6:12], now)
+                learned = self.neighbors.learn(group, src, ingress, source_mac, now)
                 if learned is not None:
                     self._on_learned(learned, now, actions)
         dst = frame[38:54]

@@ -193,6 +193,7 @@ class Worker:
         self.receivers = []
 
     def sender(self, name: str) -> socket.socket | None:
+        """The send socket of an egress, reopened when its ifindex changed."""
         interface = self.topology.interfaces.get(name)
         if interface is None or not interface.ifindex:
             return None
@@ -212,15 +213,10 @@ class Worker:
 
     def transmit(self, action: Transmit) -> None:
         name = action.interface
-        cached = self.senders.get(name)
-        interface = self.topology.interfaces.get(name)
-        if cached is not None and interface is not None and cached[0] == interface.ifindex:
-            sock: socket.socket | None = cached[1]
-        else:
-            sock = self.sender(name)
-            if sock is None:
-                self.drops[f"{name}|no_egress_socket"] += 1
-                return
+        sock = self.sender(name)
+        if sock is None:
+            self.drops[f"{name}|no_egress_socket"] += 1
+            return
         header = action.meta if action.meta is not None else packetio.ZERO_VNET_HDR
         try:
             sock.sendmsg([header, action.frame])  # type: ignore[list-item]

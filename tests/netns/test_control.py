@@ -455,7 +455,8 @@ def test_tcp_control_needs_an_authorized_curve_key(make_lab):
     )
     daemon.start()
 
-    def over_tcp(secret: str) -> subprocess.CompletedProcess:
+    def over_tcp(secret: str | None) -> subprocess.CompletedProcess:
+        keys = ["--server-key", server_public, "--key", secret] if secret else []
         return lab.ns(
             lab.proxy,
             sys.executable,
@@ -463,10 +464,7 @@ def test_tcp_control_needs_an_authorized_curve_key(make_lab):
             "portier.ctl",
             "--socket",
             "tcp://127.0.0.1:9471",
-            "--server-key",
-            server_public,
-            "--key",
-            secret,
+            *keys,
             "--timeout",
             "5",
             "--json",
@@ -479,14 +477,5 @@ def test_tcp_control_needs_an_authorized_curve_key(make_lab):
     assert json.loads(allowed.stdout)["result"]["ready"]
     refused = over_tcp(stranger_secret)
     assert refused.returncode == 3 and "refused this client" in refused.stderr
-    plain = lab.ns(
-        lab.proxy,
-        sys.executable,
-        "-m",
-        "portier.ctl",
-        "--socket",
-        "tcp://127.0.0.1:9471",
-        "status",
-        check=False,
-    )
+    plain = over_tcp(None)
     assert plain.returncode == 1 and "TCP control needs CURVE keys" in plain.stderr
