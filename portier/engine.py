@@ -27,7 +27,7 @@ The rules (RFC 4389, with Portier's groups):
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from portier.addresses import (
     UNSPECIFIED,
@@ -36,7 +36,7 @@ from portier.addresses import (
     multicast_mac,
     solicited_node,
 )
-from portier.checksum import upper_layer_checksum
+from portier.checksum import upper_layer_checksum, verify_upper_layer
 from portier.drops import DropReason, FrameError
 from portier.frame import (
     EXTENSION_HEADERS,
@@ -58,6 +58,7 @@ from portier.ndmsg import (
     PrefixInformation,
     RouterAdvertisement,
     encode_nd,
+    iter_option_spans,
 )
 from portier.neighbors import Neighbor, NeighborCache
 from portier.rewrite import rewrite_nd
@@ -67,6 +68,7 @@ IPV6_MIN_MTU = 1280
 # A multicast NS is answered on a neighbor's behalf when it was seen this recently
 # (workers report a neighbor they keep seeing at least every minute: neighbors.py).
 ANSWER_FRESH_S = 300.0
+ANSWER_MEMO_MAX = 1024  # answers built, by everything that goes into them
 _PTB_QUOTE_MAX = IPV6_MIN_MTU - 40 - 8
 _INFINITE_LIFETIME = 0xFFFFFFFF
 _FOREVER = float("inf")
@@ -131,6 +133,7 @@ class Engine:
         self._ptb_burst = float(ptb_burst)
         self._ptb_tokens = float(ptb_burst)
         self._ptb_refilled_at = 0.0
+        self._answers: dict[tuple[bytes, bytes, bytes, bytes, int], bytes] = {}
         self.counters = {
             "held": 0,
             "released": 0,
@@ -149,13 +152,15 @@ class Engine:
         *,
         segment_bytes: int = 0,
         meta: object = None,
+        answered: bool = False,
     ) -> list[Action]:
         """Decide what to do with one received frame.
 
         `segment_bytes` is the IPv6 length of each segment when the frame is a GSO/GRO
         super-frame that the kernel will segment on egress; 0 for an ordinary frame.
         `meta` is opaque to the engine: it comes back on every Transmit that carries the
-        frame's bytes unchanged (the worker keeps offload metadata in it).
+        frame's bytes unchanged (the worker keeps offload metadata in it).  `answered`
+        says the caller already sent `answer_solicitation`'s answer to this frame.
         """
         iface = self.topology.interfaces.get(ingress)
         if iface is None:
@@ -187,7 +192,7 @@ class Engine:
         next_header = frame[20]
         if next_header == 58:
             if end > 54 and 133 <= frame[54] <= 137:
-                return self._handle_nd(iface, frame, 54, now)
+                return self._handle_nd(iface, frame, 54, now, answered)
         elif next_header in EXTENSION_HEADERS:
             try:
                 protocol, offset, fragmented, routed = locate_upper_layer(frame, next_header)
@@ -198,7 +203,7 @@ class Engine:
                     return [Dropped(ingress, DropReason.ND_FRAGMENTED)]
                 if routed:
                     return [Dropped(ingress, DropReason.ND_ROUTING_HEADER)]
-                return self._handle_nd(iface, frame, offset, now)
+                return self._handle_nd(iface, frame, offset, now, answered)
 
         src = frame[22:38]
         if src[0] == 0xFF:
@@ -227,7 +232,9 @@ class Engine:
         self._forward_unicast(iface, frame, dst, -1, now, actions, segment_bytes, meta)
         return actions
 
-    def _handle_nd(self, iface: Interface, frame: bytes, offset: int, now: float) -> list[Action]:
+    def _handle_nd(
+        self, iface: Interface, frame: bytes, offset: int, now: float, answered: bool
+    ) -> list[Action]:
         ingress = iface.name
         src = frame[22:38]
         dst = frame[38:54]
@@ -284,8 +291,11 @@ class Engine:
             if learned is not None:
                 self._on_learned(learned, now, actions)
 
-        if kind == NDType.NEIGHBOR_SOLICITATION and dst[0] == 0xFF and src != UNSPECIFIED:
-            self._answer_for_neighbor(iface, frame, message, actions, now)
+        if kind == NDType.NEIGHBOR_SOLICITATION and dst[0] == 0xFF and not answered:
+            assert isinstance(message, NeighborSolicitation)
+            answer = self._answer_for_neighbor(iface, frame, message, now)
+            if answer is not None:
+                actions.append(answer)
 
         if dst in iface.addresses:
             actions.append(Dropped(ingress, DropReason.LOCAL_DESTINATION))
@@ -441,36 +451,104 @@ class Engine:
         actions.append(Transmit(iface.name, build_frame(frame[6:12], iface.mac, header, message)))
         self.counters["ptb_sent"] += 1
 
+    def answer_solicitation(self, ingress: str, frame: bytes, now: float) -> Transmit | None:
+        """The answer to a multicast NS this proxy gives itself, or None.
+
+        Cheap enough to run on an ND frame before anything else is done with it, so the
+        asker waits for one wake-up of the worker and this, not for the whole relay.
+        The cache is asked first; only then is the message checked, by the rules of
+        `handle_frame` and `validate_nd` that apply to an NS (tests hold the two to the
+        same answers) but without building message objects, and the answer comes from
+        a small memo of the frames already built.  Only the plain layout (ICMPv6 right
+        after the IPv6 header) is handled here; `handle_frame` answers the rest itself.
+        """
+        iface = self.topology.interfaces.get(ingress)
+        if (
+            iface is None
+            or not iface.enabled
+            or len(frame) < 78
+            or frame[20] != 58
+            or frame[54] != NDType.NEIGHBOR_SOLICITATION
+            or frame[38] != 0xFF
+            or frame[12:14] != b"\x86\xdd"
+        ):
+            return None
+        target = frame[62:78]
+        if not self._answerable(iface, target, now):
+            return None
+        end = 54 + (frame[18] << 8 | frame[19])
+        asker = frame[22:38]
+        source_mac = frame[6:12]
+        if (
+            end < 78
+            or end > len(frame)
+            or frame[14] >> 4 != 6
+            or frame[21] != 255
+            or frame[55] != 0
+            or asker == UNSPECIFIED
+            or asker[0] == 0xFF
+            or (not frame[0] & 1 and frame[0:6] != iface.mac)
+            or source_mac in self.topology.own_macs()
+        ):
+            return None
+        icmp = frame[54:end]
+        asker_mac = None
+        try:
+            for kind, offset, length in iter_option_spans(icmp, 24):
+                if (
+                    kind == OptionType.SOURCE_LINK_LAYER
+                    and length == 8
+                    and asker_mac is None
+                    and not icmp[offset + 2] & 1
+                ):
+                    asker_mac = icmp[offset + 2 : offset + 8]
+        except FrameError:
+            return None
+        if not verify_upper_layer(asker, frame[38:54], 58, icmp):
+            return None
+        return self._answer(iface, target, asker, asker_mac or source_mac)
+
+    def _answerable(self, iface: Interface, target: bytes, now: float) -> bool:
+        entry = self.neighbors.get(iface.group or "", target)
+        if entry is None or entry.interface == iface.name or now - entry.last_seen > ANSWER_FRESH_S:
+            return False
+        owner = self.topology.interfaces.get(entry.interface)
+        return owner is not None and owner.enabled and owner.group == iface.group
+
     def _answer_for_neighbor(
-        self, iface: Interface, frame: bytes, message: Any, actions: list[Action], now: float
-    ) -> None:
-        """Answer a multicast NS for a neighbor seen recently behind another member.
+        self, iface: Interface, frame: bytes, message: NeighborSolicitation, now: float
+    ) -> Transmit | None:
+        """Answer a valid multicast NS for a neighbor seen recently behind another member.
 
         Like a kernel proxy entry: the answer names the ingress's MAC, which is the answer
         the neighbor's own NA would bring back through us anyway, one round trip later.
         O is clear (RFC 4861 §7.2.8) so that it never overrides the owner's own NA; the
-        NS is still forwarded, so the neighbor learns of the asker too.
+        NS is still forwarded, so the neighbor learns of the asker too.  DAD probes (from
+        the unspecified address) are never answered: the owner must defend itself.
         """
-        entry = self.neighbors.get(iface.group or "", message.target)
-        if entry is None or entry.interface == iface.name or now - entry.last_seen > ANSWER_FRESH_S:
-            return
-        owner = self.topology.interfaces.get(entry.interface)
-        if owner is None or not owner.enabled or owner.group != iface.group:
-            return
         asker = frame[22:38]
+        if asker == UNSPECIFIED or not self._answerable(iface, message.target, now):
+            return None
         asker_mac = _link_layer_option(message.options, OptionType.SOURCE_LINK_LAYER)
-        flags = NA_FLAG_SOLICITED | (NA_FLAG_ROUTER if entry.is_router else 0)
-        answer = NeighborAdvertisement(
-            message.target,
-            flags,
-            (LinkLayerAddressOption(OptionType.TARGET_LINK_LAYER, iface.mac),),
-        )
-        icmp = encode_nd(answer, message.target, asker)
-        header = IPv6Header(message.target, asker, 58, 255, len(icmp))
-        actions.append(
-            Transmit(iface.name, build_frame(asker_mac or frame[6:12], iface.mac, header, icmp))
-        )
+        return self._answer(iface, message.target, asker, asker_mac or frame[6:12])
+
+    def _answer(self, iface: Interface, target: bytes, asker: bytes, asker_mac: bytes) -> Transmit:
+        entry = self.neighbors.get(iface.group or "", target)
+        flags = NA_FLAG_SOLICITED | (NA_FLAG_ROUTER if entry and entry.is_router else 0)
+        key = (iface.mac, target, asker, asker_mac, flags)
+        frame = self._answers.get(key)
+        if frame is None:
+            answer = NeighborAdvertisement(
+                target, flags, (LinkLayerAddressOption(OptionType.TARGET_LINK_LAYER, iface.mac),)
+            )
+            icmp = encode_nd(answer, target, asker)
+            header = IPv6Header(target, asker, 58, 255, len(icmp))
+            frame = build_frame(asker_mac, iface.mac, header, icmp)
+            if len(self._answers) >= ANSWER_MEMO_MAX:
+                self._answers.clear()
+            self._answers[key] = frame
         self.counters["answered"] += 1
+        return Transmit(iface.name, frame)
 
     # --- learning ------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The kernel fast path: unicast to learned neighbors forwarded by nftables, not Python.
 
 One netdev table, `portier`, owned by portierd and programmed from the authoritative
-state.  Per enabled member an ingress chain: ND and multicast are accepted (they go on to
-the workers), then a verdict map keyed by destination address jumps to that neighbor's
-chain: rewrite both Ethernet addresses and `fwd` out of the egress.  Neighbors whose data
+state.  Per enabled member an ingress chain: ND is accepted (it goes on to the workers),
+then a verdict map keyed by destination address jumps to that neighbor's chain: rewrite
+both Ethernet addresses and `fwd` out of the egress; what the map misses (multicast,
+unknown destinations) goes on to the workers too.  Neighbors whose data
 bypasses userspace stay fresh through ND: the peers' unicast NUD probes still pass
 through the workers.  The hop limit is never touched (`fwd ip6 to` would decrement it:
 not used).  On downstream members, destinations outside the on-link prefixes go to the upstream's
@@ -305,9 +306,10 @@ class FastPath:
     @staticmethod
     def _neighbor_rules(chain: str, rule: NeighborRule) -> list[dict[str, Any]]:
         statements: list[list[dict[str, Any]]] = [
-            # Never back out of the ingress: leave it to the workers, which count it.
+            # Never back out of the ingress: leave it to the workers, which count it.  (`iif`
+            # compares an ifindex, cheaper than a name; the chain is rewritten when it changes.)
             [
-                {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": rule.egress}},
+                {"match": {"op": "==", "left": {"meta": {"key": "iif"}}, "right": rule.egress}},
                 {"accept": None},
             ],
         ]
@@ -360,26 +362,27 @@ class FastPath:
                 },
                 {"accept": None},
             ],
-            [
-                {
-                    "match": {
-                        "op": "==",
-                        "left": daddr,
-                        "right": {"prefix": {"addr": "ff00::", "len": 8}},
-                    }
-                },
-                {"accept": None},
-            ],
+            # Multicast is never in the map, so the lookup comes first: one rule fewer on
+            # the way of every unicast frame.
             [{"vmap": {"key": daddr, "data": f"@g_{tag}"}}],
         ]
         if rule.router_chain:
-            statements.append(
+            statements += [
                 [
-                    {"match": {"op": "==", "left": {"meta": {"key": "protocol"}}, "right": "ip6"}},
+                    {
+                        "match": {
+                            "op": "==",
+                            "left": daddr,
+                            "right": {"prefix": {"addr": "ff00::", "len": 8}},
+                        }
+                    },
+                    {"accept": None},
+                ],
+                [
                     {"match": {"op": "!=", "left": daddr, "right": f"@onlink_{tag}"}},
                     {"goto": {"target": rule.router_chain}},
-                ]
-            )
+                ],
+            ]
         return [{"add": _obj("rule", chain=chain, expr=expr)} for expr in statements]
 
     # --- reading back --------------------------------------------------------------------

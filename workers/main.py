@@ -255,8 +255,15 @@ class Worker:
                 self.drops[f"{ingress}|{DropReason.TRUNCATED.value}"] += 1
                 continue
             received_at = time.perf_counter()
-            header = bytes(view[:header_len])
             frame = bytes(view[header_len:size])
+            answered = False
+            if is_nd and frame[54] == 135 and frame[0] & 1:
+                # A multicast NS we answer ourselves: the asker waits for nothing else.
+                answer = self.engine.answer_solicitation(ingress, frame, now)
+                if answer is not None:
+                    self.transmit(answer)
+                    answered = True
+            header = bytes(view[:header_len])
             segment = 0
             if is_nd:
                 self.nd_types[frame[54]] += 1
@@ -267,7 +274,9 @@ class Worker:
             elif header[1]:
                 segment = packetio.segment_bytes(frame, header)
             try:
-                actions = handle(ingress, frame, now, segment_bytes=segment, meta=header)
+                actions = handle(
+                    ingress, frame, now, segment_bytes=segment, meta=header, answered=answered
+                )
             except Exception:  # a bug costs this frame, never the worker
                 self.engine_errors += 1
                 if self.engine_errors & (self.engine_errors - 1) == 0:  # 1, 2, 4, 8, ...
@@ -370,6 +379,10 @@ class Worker:
                 deadline = min(deadline, self.learned_since + LEARNED_FLUSH_S)
             timeout_ms = max(0.0, (deadline - now) * 1000)
             ready = dict(poller.poll(timeout_ms))
+            if self.seq is not None and self.receivers:
+                nd_sock = self.receivers[0]
+                if nd_sock.fileno() in ready:  # ND first: someone may be waiting for an answer
+                    self.drain(nd_sock, True, FRAMES_PER_TURN)
             if self.channel in ready:
                 while True:
                     try:
@@ -380,11 +393,8 @@ class Worker:
             if self.link.fileno() in ready and self.link.read():
                 self._on_link_change()
             if self.seq is not None and self.receivers:
-                nd_sock, data_sock = self.receivers
-                if nd_sock.fileno() in ready:
-                    self.drain(nd_sock, True, FRAMES_PER_TURN)
+                data_sock = self.receivers[1]
                 if data_sock.fileno() in ready:
-                    # ND first: read it again before each further data batch.
                     self.drain(data_sock, False, FRAMES_PER_TURN)
             now = time.monotonic()
             if self.seq is not None:

@@ -62,6 +62,12 @@ def sent(actions) -> dict[str, bytes]:
     return out
 
 
+def sent_transmit(actions) -> Transmit:
+    """The one Transmit back out of the ingress (an answer) among `actions`."""
+    (answer,) = [a for a in actions if isinstance(a, Transmit) and a.interface == "up0"]
+    return answer
+
+
 def drops(actions) -> list[DropReason]:
     return [a.reason for a in actions if isinstance(a, Dropped)]
 
@@ -479,6 +485,38 @@ def test_multicast_ns_for_a_fresh_neighbor_is_answered_at_once(engine):
     assert na.target == GUEST1 and na.solicited and not na.override and not na.router
     assert na.options == (LinkLayerAddressOption(2, UP_MAC),)
     assert engine.counters["answered"] == 1
+
+
+def test_the_early_answer_is_the_answer_handle_frame_gives(engine):
+    """The worker answers before relaying; the relay then forwards without answering again."""
+    learn_router_and_guests(engine, now=1.0)
+    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
+    frame = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+    twin = Engine(lab_topology())
+    learn_router_and_guests(twin, now=1.0)
+    early = engine.answer_solicitation("up0", frame, 2.0)
+    assert early is not None and early == sent_transmit(twin.handle_frame("up0", frame, 2.0))
+    out = sent(engine.handle_frame("up0", frame, 2.0, answered=True))
+    assert set(out) == {"vm1", "vm2"}  # forwarded, not answered twice
+    assert engine.counters["answered"] == 1
+    # A new MAC on the ingress makes a new answer, never a remembered one.
+    new_mac = bytes.fromhex("020000000099")
+    engine.topology.update_link("up0", mac=new_mac)
+    again = engine.answer_solicitation("up0", frame, 3.0)
+    assert again is not None and parse_packet(again.frame).src_mac == new_mac
+
+
+def test_the_early_answer_leaves_what_it_does_not_answer_to_handle_frame(engine):
+    learn_router_and_guests(engine, now=1.0)
+    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
+    frame = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+    broken = frame[:-1] + bytes([frame[-1] ^ 1])  # checksum no longer matches
+    assert engine.answer_solicitation("up0", broken, 2.0) is None
+    assert drops(engine.handle_frame("up0", broken, 2.0)) == [DropReason.BAD_CHECKSUM]
+    unicast = nd_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1, ns)
+    assert engine.answer_solicitation("up0", unicast, 2.0) is None  # NUD: the owner answers
+    assert engine.answer_solicitation("vm1", frame, 2.0) is None  # target behind the ingress
+    assert engine.counters["answered"] == 0
 
 
 def test_ns_is_not_answered_for_stale_unknown_or_same_side_targets(engine):

@@ -4,6 +4,7 @@ a) No input makes parse_packet, parse_nd or validate_nd raise anything but Frame
 b) Messages built from random fields and options round-trip through encode/parse.
 c) RFC 4389 rewriting changes only the bytes the RFC allows, and the result validates.
 d) The checksum equals a naive RFC 1071 reference.
+e) The worker's early answer to a multicast NS is the full path's answer, or none.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
+from ndframes import GUEST1, GUEST1_MAC, ROUTER, ROUTER_MAC, lab_topology, nd_frame
 
 from portier.addresses import solicited_node
 from portier.checksum import ones_complement_sum, upper_layer_checksum, verify_upper_layer
 from portier.drops import FrameError
+from portier.engine import Engine, Transmit
 from portier.frame import IPv6Header, build_frame, parse_packet
 from portier.ndmsg import (
     DnsSearchList,
@@ -36,6 +39,7 @@ from portier.ndmsg import (
     RouterSolicitation,
     encode_nd,
     parse_nd,
+    parse_options,
     with_checksum,
 )
 from portier.rewrite import rewrite_nd
@@ -467,3 +471,49 @@ def test_checksum_is_complement_of_the_pseudo_header_sum(
     pseudo = src + dst + len(upper).to_bytes(4, "big") + bytes(3) + bytes([next_header])
     expected = ~naive_ones_complement_sum(pseudo + upper) & 0xFFFF
     assert upper_layer_checksum(src, dst, next_header, upper) == expected
+
+
+# e) The worker's early answer to a multicast NS is exactly the answer of the full path.
+
+
+def _answering_engine():
+    engine = Engine(lab_topology())
+    engine.neighbors.learn("lan", GUEST1, "vm1", GUEST1_MAC, 1.0)
+    return engine
+
+
+@SETTINGS
+@example(position=200, value=0, options=b"", ingress="up0", fix=False)
+@given(
+    position=st.integers(0, 101),
+    value=u8,
+    options=st.lists(st.tuples(u8, macs), max_size=2).map(
+        lambda items: b"".join(bytes([kind, 1]) + body for kind, body in items)
+    ),
+    ingress=st.sampled_from(["up0", "vm1", "vm2", "vm3"]),
+    fix=st.booleans(),
+)
+def test_early_answer_agrees_with_the_full_path(position, value, options, ingress, fix):
+    slla = LinkLayerAddressOption(1, ROUTER_MAC)
+    ns = NeighborSolicitation(GUEST1, (slla, *parse_options(options, 0)))
+    frame = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+    if position < len(frame):  # one byte anywhere changed: addresses, lengths, options...
+        frame = frame[:position] + bytes([value]) + frame[position + 1 :]
+    if fix:  # ... and, half of the time, the checksum made right for what is left
+        icmp = frame[54:] + b"\x00" * max(0, 32 - len(frame[54:]))
+        icmp = icmp[:2] + b"\x00\x00" + icmp[4:]
+        checksum = upper_layer_checksum(frame[22:38], frame[38:54], 58, icmp)
+        frame = frame[:56] + checksum.to_bytes(2, "big") + frame[58:]
+    early = _answering_engine().answer_solicitation(ingress, frame, 2.0)
+    full = [
+        action
+        for action in _answering_engine().handle_frame(ingress, frame, 2.0)
+        if isinstance(action, Transmit) and action.interface == ingress
+    ]
+    if early is None:
+        # Either nothing was answered, or the layout is one only the full path reads.
+        assert not full or frame[20] != 58
+    else:
+        assert full == [early]
+    if position >= len(frame) and ingress == "up0" and not fix:
+        assert early is not None  # the untouched NS is answered
