@@ -1,16 +1,18 @@
 """Portier against the wire and the other ways of joining two links, measured in one run.
 
-Run as root: .venv/bin/python bench/compare_bench.py [--seconds 5] [--probes 15]
+Run as root: .venv/bin/python bench/compare_bench.py [--seconds 5] [--rounds 3] [--probes 15]
 
 For each data path (plain veth pair = the wire; Linux bridge; kernel proxy_ndp with
 forwarding; Portier's userspace path; Portier's kernel fast path) it builds fresh
-network namespaces (deploy/lab.py), then measures guest -> router TCP throughput with
-default offloads, 64-byte UDP packets/s, router -> guest ping RTT and the hop limit the
-router sees.  Then neighbor-resolution time, the router's first ping to a guest it has
-not resolved yet (its neighbor entry flushed before each probe), for Portier, ndppd and
-kernel proxy_ndp (default proxy_delay and 0) beside the bridge and the wire.  Every
-figure is also printed as a ratio to the wire measured in this same run.  Asserts
-nothing; load is bounded (iperf3 -t SECONDS, a few pings).
+network namespaces (deploy/lab.py), all of them up front, then measures in rounds, one
+path after the other within each round so that the machine's slow minutes fall on every
+path alike: guest -> router TCP throughput with default offloads, 64-byte UDP packets/s
+both ways, router -> guest ping RTT and the hop limit the router sees.  Neighbor
+resolution is the router's first ping to a guest it has not resolved yet (its neighbor
+entry flushed before each probe), for Portier, ndppd and kernel proxy_ndp (default
+proxy_delay and 0) beside the bridge and the wire.  The table shows medians over the
+rounds (resolution: over every probe), each as a ratio to the wire in this same run,
+and the spread.  Asserts nothing; load is bounded (iperf3 -t SECONDS, a few pings).
 """
 
 from __future__ import annotations
@@ -77,16 +79,24 @@ def build(kind: str) -> tuple[Lab, str, list[Callable[[], None]]]:
             lab.ns(proxy, "ip", "-6", "neigh", "add", "proxy", GUEST_ADDRESS, "dev", "up0")
     elif kind.startswith("portier"):
         extra = "[fastpath]\nenabled = false" if kind == "portier userspace" else ""
-        daemon = Daemon(lab, [GroupSpec("lan", "up0", ["vm1"])], extra=extra).start()
+        daemon = Daemon(lab, [GroupSpec("lan", "up0", ["vm1"])], extra=extra)
+        try:
+            daemon.start()
+            if kind == "portier fast path":
+                lab.wait_ping(guest.name, ROUTER_ADDRESS)
+                lab.ping(lab.router, GUEST_ADDRESS)
+                wait_for(lambda: daemon.call("fastpath")["neighbors"] >= 2, 10, "the fast path")
+        except BaseException:
+            if daemon.process is not None:
+                daemon.stop()
+            lab.down()
+            raise
         stops.append(daemon.stop)
-        if kind == "portier fast path":
-            lab.wait_ping(guest.name, ROUTER_ADDRESS)
-            lab.ping(lab.router, GUEST_ADDRESS)
-            wait_for(lambda: daemon.call("fastpath")["neighbors"] >= 2, 10, "the fast path")
     return lab, guest.name, stops
 
 
-def iperf(lab: Lab, client: str, udp: bool, seconds: int) -> float:
+def iperf(lab: Lab, client: str, udp: bool, seconds: int, reverse: bool = False) -> float:
+    """Guest -> router (router -> guest with `reverse`): Gbit/s, or received packets/s."""
     server = lab.spawn(lab.router, "iperf3", "-s", "-1", "-J", stdout=subprocess.PIPE, text=True)
     wait_for(
         lambda: "LISTEN" in lab.ns(lab.router, "ss", "-ltn", "sport = :5201").stdout,
@@ -96,13 +106,15 @@ def iperf(lab: Lab, client: str, udp: bool, seconds: int) -> float:
     argv = ["iperf3", "-6", "-c", ROUTER_ADDRESS, "-t", str(seconds), "-J"]
     if udp:
         argv += ["-u", "-b", "0", "-l", "64"]
-    lab.ns(client, *argv, check=False, timeout=seconds + 30)
+    if reverse:
+        argv.append("-R")
+    result = lab.ns(client, *argv, check=False, timeout=seconds + 30)
     output, _ = server.communicate(timeout=30)
-    end = json.loads(output)["end"]
-    if udp:
-        summary = end["sum"]
-        return (summary["packets"] - summary["lost_packets"]) / summary["seconds"]
-    return end["sum_received"]["bits_per_second"] / 1e9
+    ends = [json.loads(text)["end"] for text in (output, result.stdout)]
+    if not udp:
+        return ends[0]["sum_received"]["bits_per_second"] / 1e9
+    (summary,) = [end["sum"] for end in ends if not end["sum"].get("sender", True)]
+    return (summary["packets"] - summary["lost_packets"]) / summary["seconds"]
 
 
 def ping_stats(lab: Lab) -> tuple[float, int]:
@@ -112,7 +124,7 @@ def ping_stats(lab: Lab) -> tuple[float, int]:
     return average, hops
 
 
-def resolution_ms(lab: Lab, probes: int) -> float:
+def resolution_ms(lab: Lab, probes: int) -> list[float]:
     times = []
     for _ in range(probes):
         lab.ns(lab.router, "ip", "-6", "neigh", "flush", "dev", "r0")
@@ -121,13 +133,22 @@ def resolution_ms(lab: Lab, probes: int) -> float:
         if match:
             times.append(float(match.group(1)))
         time.sleep(0.05)  # let stray answers of the previous probe settle
-    return statistics.median(times) if times else float("nan")
+    return times
+
+
+COLUMNS = (  # key, heading, width
+    ("tcp_gbit", "TCP Gbit/s", 16),
+    ("udp_up_kpps", "UDP up kpps", 17),
+    ("udp_down_kpps", "UDP down kpps", 17),
+    ("rtt_ms", "RTT ms", 14),
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--probes", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--probes", type=int, default=15, help="resolution probes per round")
     args = parser.parse_args()
     paths = ["wire", "bridge", "proxy_ndp", "portier userspace", "portier fast path"]
     resolvers = [
@@ -138,38 +159,70 @@ def main() -> None:
         "portier userspace",
         "portier fast path",
     ] + (["ndppd"] if shutil.which("ndppd") else [])
-    rows: dict[str, dict[str, float]] = {}
-    for kind in dict.fromkeys(paths + resolvers):
-        lab, client, stops = build(kind)
-        try:
+    samples: dict[str, dict[str, list[float]]] = {}
+    setups: dict[str, tuple[Lab, str, list[Callable[[], None]]]] = {}
+    try:
+        for kind in dict.fromkeys(paths + resolvers):
+            setups[kind] = build(kind)
+            samples[kind] = {}
+        for lab, client, _ in setups.values():
             lab.wait_ping(client, ROUTER_ADDRESS, timeout=30)
-            row: dict[str, float] = {}
-            if kind in paths:
-                row["tcp_gbit"] = iperf(lab, client, False, args.seconds)
-                row["udp_kpps"] = iperf(lab, client, True, args.seconds) / 1000
-                row["rtt_ms"], row["hop_limit"] = ping_stats(lab)
-            row["resolve_ms"] = resolution_ms(lab, args.probes)
-            rows[kind] = row
-            print(f"measured {kind}: {row}", flush=True)
-        finally:
+        for number in range(args.rounds):
+            for kind in paths:
+                lab, client, _ = setups[kind]
+                figures = {
+                    "tcp_gbit": iperf(lab, client, False, args.seconds),
+                    "udp_up_kpps": iperf(lab, client, True, args.seconds) / 1000,
+                    "udp_down_kpps": iperf(lab, client, True, args.seconds, reverse=True) / 1000,
+                }
+                for key, value in figures.items():
+                    samples[kind].setdefault(key, []).append(value)
+                print(f"round {number + 1}: {kind}: {figures}", flush=True)
+            for kind in resolvers:
+                times = resolution_ms(setups[kind][0], args.probes)
+                samples[kind].setdefault("resolve_ms", []).extend(times)
+        hops: dict[str, int] = {}
+        for kind in paths:
+            rtt, hops[kind] = ping_stats(setups[kind][0])
+            samples[kind]["rtt_ms"] = [rtt]
+    finally:
+        for lab, _, stops in setups.values():
             for stop in stops:
                 stop()
             lab.down()
-    wire = rows["wire"]
-    print()
-    header = f"{'data path':<26}{'TCP Gbit/s':>18}{'UDP kpps':>18}{'RTT ms':>16}{'hop':>5}"
-    print(header + f"{'resolve ms (p50)':>20}")
-    for kind, row in rows.items():
+    report(samples, hops, args)
+
+
+def report(samples: dict[str, dict[str, list[float]]], hops: dict[str, int], args) -> None:
+    median = {
+        kind: {key: statistics.median(values) for key, values in figures.items() if values}
+        for kind, figures in samples.items()
+    }
+    wire = median["wire"]
+    print(f"\nmedians of {args.rounds} rounds of {args.seconds} s; resolution over every probe")
+    header = f"{'data path':<25}" + "".join(f"{title:>{width}}" for _, title, width in COLUMNS)
+    print(header + f"{'hop':>5}{'resolve p50 ms':>20}")
+    for kind, row in median.items():
         cells = []
-        for key, width in (("tcp_gbit", 18), ("udp_kpps", 18), ("rtt_ms", 16)):
-            if key in row:
-                text = f"{row[key]:.2f} ({row[key] / wire[key]:.2f}x)"
-                cells.append(f"{text:>{width}}")
-            else:
-                cells.append(f"{'-':>{width}}")
-        hop = f"{int(row['hop_limit']):>5}" if "hop_limit" in row else f"{'-':>5}"
-        resolve = f"{row['resolve_ms']:.3f} ({row['resolve_ms'] / wire['resolve_ms']:.1f}x)"
-        print(f"{kind:<26}{''.join(cells)}{hop}{resolve:>20}")
+        for key, _, width in COLUMNS:
+            text = f"{row[key]:.2f} ({row[key] / wire[key]:.2f}x)" if key in row else "-"
+            cells.append(f"{text:>{width}}")
+        hop = f"{hops[kind]:>5}" if kind in hops else f"{'-':>5}"
+        resolve = row.get("resolve_ms")
+        text = f"{resolve:.3f} ({resolve / wire['resolve_ms']:.1f}x)" if resolve else "-"
+        print(f"{kind:<25}{''.join(cells)}{hop}{text:>20}")
+    print("\nspread (min-max over the rounds; resolution: p10-p90 of the probes)")
+    for kind, figures in samples.items():
+        parts = [
+            f"{key} {min(values):.2f}-{max(values):.2f}"
+            for key, values in figures.items()
+            if key not in ("rtt_ms", "resolve_ms") and values
+        ]
+        probes = sorted(figures.get("resolve_ms", []))
+        if probes:
+            low, high = probes[len(probes) // 10], probes[(len(probes) * 9) // 10]
+            parts.append(f"resolve {low:.3f}-{high:.3f} ({len(probes)} probes)")
+        print(f"  {kind:<25}{'; '.join(parts)}")
     print(
         "\nratios are to the wire in this run (for RTT and resolve, lower is better);"
         " the guest sends with hop limit 64"

@@ -68,7 +68,7 @@ IPV6_MIN_MTU = 1280
 # A multicast NS is answered on a neighbor's behalf when it was seen this recently
 # (workers report a neighbor they keep seeing at least every minute: neighbors.py).
 ANSWER_FRESH_S = 300.0
-ANSWER_MEMO_MAX = 1024  # answers built, by everything that goes into them
+ANSWER_MEMO_MAX = 1024  # early answers remembered by the NS frame they answered
 _PTB_QUOTE_MAX = IPV6_MIN_MTU - 40 - 8
 _INFINITE_LIFETIME = 0xFFFFFFFF
 _FOREVER = float("inf")
@@ -133,7 +133,7 @@ class Engine:
         self._ptb_burst = float(ptb_burst)
         self._ptb_tokens = float(ptb_burst)
         self._ptb_refilled_at = 0.0
-        self._answers: dict[tuple[bytes, bytes, bytes, bytes, int], bytes] = {}
+        self._answered: dict[tuple[str, bytes], Transmit] = {}
         self.counters = {
             "held": 0,
             "released": 0,
@@ -458,24 +458,30 @@ class Engine:
         asker waits for one wake-up of the worker and this, not for the whole relay.
         The cache is asked first; only then is the message checked, by the rules of
         `handle_frame` and `validate_nd` that apply to an NS (tests hold the two to the
-        same answers) but without building message objects, and the answer comes from
-        a small memo of the frames already built.  Only the plain layout (ICMPv6 right
-        after the IPv6 header) is handled here; `handle_frame` answers the rest itself.
+        same answers) but without building message objects.  An asker that resolves
+        the same target again sends the very same bytes, so answers are remembered by
+        the NS they answered: whether those bytes are valid never changes, and what
+        the state says (the target still fresh, the ingress MAC, the R flag) is checked
+        again each time.  Only the plain layout (ICMPv6 right after the IPv6 header) is
+        handled here; `handle_frame` answers the rest itself.
         """
         iface = self.topology.interfaces.get(ingress)
-        if (
-            iface is None
-            or not iface.enabled
-            or len(frame) < 78
-            or frame[20] != 58
-            or frame[54] != NDType.NEIGHBOR_SOLICITATION
-            or frame[38] != 0xFF
-            or frame[12:14] != b"\x86\xdd"
-        ):
+        if iface is None or not iface.enabled or not answers_early(frame):
             return None
         target = frame[62:78]
-        if not self._answerable(iface, target, now):
+        entry = self._answerable(iface, target, now)
+        if entry is None:
             return None
+        key = (ingress, frame)
+        known = self._answered.get(key)
+        if (
+            known is not None
+            and known.frame[6:12] == iface.mac
+            and bool(known.frame[58] & 0x80) == entry.is_router
+            and frame[6:12] not in self.topology.own_macs()
+        ):
+            self.counters["answered"] += 1
+            return known
         end = 54 + (frame[18] << 8 | frame[19])
         asker = frame[22:38]
         source_mac = frame[6:12]
@@ -506,14 +512,21 @@ class Engine:
             return None
         if not verify_upper_layer(asker, frame[38:54], 58, icmp):
             return None
-        return self._answer(iface, target, asker, asker_mac or source_mac)
+        answer = self._answer(iface, entry, asker, asker_mac or source_mac)
+        if len(self._answered) >= ANSWER_MEMO_MAX:
+            self._answered.clear()
+        self._answered[key] = answer
+        return answer
 
-    def _answerable(self, iface: Interface, target: bytes, now: float) -> bool:
+    def _answerable(self, iface: Interface, target: bytes, now: float) -> Neighbor | None:
+        """The neighbor to answer for: fresh, and behind another enabled member."""
         entry = self.neighbors.get(iface.group or "", target)
         if entry is None or entry.interface == iface.name or now - entry.last_seen > ANSWER_FRESH_S:
-            return False
+            return None
         owner = self.topology.interfaces.get(entry.interface)
-        return owner is not None and owner.enabled and owner.group == iface.group
+        if owner is None or not owner.enabled or owner.group != iface.group:
+            return None
+        return entry
 
     def _answer_for_neighbor(
         self, iface: Interface, frame: bytes, message: NeighborSolicitation, now: float
@@ -527,28 +540,24 @@ class Engine:
         the unspecified address) are never answered: the owner must defend itself.
         """
         asker = frame[22:38]
-        if asker == UNSPECIFIED or not self._answerable(iface, message.target, now):
+        entry = self._answerable(iface, message.target, now)
+        if asker == UNSPECIFIED or entry is None:
             return None
         asker_mac = _link_layer_option(message.options, OptionType.SOURCE_LINK_LAYER)
-        return self._answer(iface, message.target, asker, asker_mac or frame[6:12])
+        return self._answer(iface, entry, asker, asker_mac or frame[6:12])
 
-    def _answer(self, iface: Interface, target: bytes, asker: bytes, asker_mac: bytes) -> Transmit:
-        entry = self.neighbors.get(iface.group or "", target)
-        flags = NA_FLAG_SOLICITED | (NA_FLAG_ROUTER if entry and entry.is_router else 0)
-        key = (iface.mac, target, asker, asker_mac, flags)
-        frame = self._answers.get(key)
-        if frame is None:
-            answer = NeighborAdvertisement(
-                target, flags, (LinkLayerAddressOption(OptionType.TARGET_LINK_LAYER, iface.mac),)
-            )
-            icmp = encode_nd(answer, target, asker)
-            header = IPv6Header(target, asker, 58, 255, len(icmp))
-            frame = build_frame(asker_mac, iface.mac, header, icmp)
-            if len(self._answers) >= ANSWER_MEMO_MAX:
-                self._answers.clear()
-            self._answers[key] = frame
+    def _answer(
+        self, iface: Interface, entry: Neighbor, asker: bytes, asker_mac: bytes
+    ) -> Transmit:
+        flags = NA_FLAG_SOLICITED | (NA_FLAG_ROUTER if entry.is_router else 0)
+        target = entry.address
+        answer = NeighborAdvertisement(
+            target, flags, (LinkLayerAddressOption(OptionType.TARGET_LINK_LAYER, iface.mac),)
+        )
+        icmp = encode_nd(answer, target, asker)
+        header = IPv6Header(target, asker, 58, 255, len(icmp))
         self.counters["answered"] += 1
-        return Transmit(iface.name, frame)
+        return Transmit(iface.name, build_frame(asker_mac, iface.mac, header, icmp))
 
     # --- learning ------------------------------------------------------------------
 
@@ -633,6 +642,18 @@ class Engine:
             if d is not None
         ]
         return min(deadlines, default=None)
+
+
+def answers_early(frame: bytes) -> bool:
+    """Whether `Engine.answer_solicitation` looks at this frame at all: a multicast NS
+    right after the IPv6 header (the worker's answer socket filters the same)."""
+    return (
+        len(frame) >= 78
+        and frame[20] == 58
+        and frame[54] == NDType.NEIGHBOR_SOLICITATION
+        and frame[38] == 0xFF
+        and frame[12:14] == b"\x86\xdd"
+    )
 
 
 def _link_layer_option(options: tuple, kind: int) -> bytes | None:

@@ -26,13 +26,21 @@ import zmq
 
 from portier import logs, schema
 from portier.drops import DropReason
-from portier.engine import Dropped, Engine, Learned, LoopDetected, PrefixLearned, Transmit
+from portier.engine import (
+    Dropped,
+    Engine,
+    Learned,
+    LoopDetected,
+    PrefixLearned,
+    Transmit,
+)
 from portier.groups import Topology
 from portier.neighbors import NeighborCache
 from portier.replication import apply_snapshot, apply_topology
 from portier.schema import ND_RELAY_BUCKETS_S, SchemaError, neighbor_from_wire, neighbor_to_wire
 from portier.status import Code, Status
 from portier.workers import packetio
+from portier.workers.answerer import STAMP, Answerer
 from portier.workers.linkwatch import LinkWatch
 
 log = logging.getLogger("portier.worker")
@@ -98,6 +106,16 @@ class Worker:
         self.stopping = False
         self.buffer = bytearray(packetio.RECV_BUFFER_BYTES)
         self.view = memoryview(self.buffer)
+        # Multicast NS come from the answer thread, answered first (answerer.py).
+        self.answered = self.context.socket(zmq.PULL)
+        endpoint = f"inproc://answered-{interface}"
+        self.answered.bind(endpoint)
+        self.answerer = Answerer(interface, self._answer, self.context, endpoint)
+
+    def _answer(self, frame: bytes, now: float) -> bytes | None:
+        """For the answer thread: the NA to send for a multicast NS, if we answer it."""
+        answer = self.engine.answer_solicitation(self.interface, frame, now)
+        return answer.frame if answer is not None else None
 
     # --- channel -----------------------------------------------------------------
 
@@ -178,9 +196,15 @@ class Worker:
         if state.loopback:
             log.error("refusing to proxy on loopback interface %s", self.interface)
             return
+        nd_filter = packetio.ND_UNANSWERED_FILTER
+        try:
+            self.answerer.attach(packetio.open_answer_socket(self.interface, state.ifindex))
+        except OSError as exc:  # the main loop reads and answers them itself
+            log.warning("cannot open the answer socket on %s: %s", self.interface, exc.strerror)
+            nd_filter = packetio.ND_FILTER
         try:
             self.receivers = [
-                packetio.open_receiver(self.interface, state.ifindex, packetio.ND_FILTER),
+                packetio.open_receiver(self.interface, state.ifindex, nd_filter),
                 packetio.open_receiver(self.interface, state.ifindex, packetio.DATA_FILTER),
             ]
         except OSError as exc:
@@ -188,7 +212,9 @@ class Worker:
             log.error("cannot open packet sockets on %s: %s", self.interface, exc.strerror)
 
     def close_receivers(self) -> None:
-        for sock in self.receivers:
+        answer_sock = self.answerer.sock
+        self.answerer.attach(None)
+        for sock in [*self.receivers, *([answer_sock] if answer_sock else [])]:
             sock.close()
         self.receivers = []
 
@@ -233,7 +259,6 @@ class Worker:
 
     def drain(self, sock: socket.socket, is_nd: bool, budget: int) -> int:
         """Read up to `budget` frames; each frame's vnet header rides along as its meta."""
-        handle = self.engine.handle_frame
         ingress = self.interface
         buffer = self.buffer
         view = self.view
@@ -255,38 +280,56 @@ class Worker:
                 self.drops[f"{ingress}|{DropReason.TRUNCATED.value}"] += 1
                 continue
             received_at = time.perf_counter()
-            frame = bytes(view[header_len:size])
-            answered = False
-            if is_nd and frame[54] == 135 and frame[0] & 1:
-                # A multicast NS we answer ourselves: the asker waits for nothing else.
-                answer = self.engine.answer_solicitation(ingress, frame, now)
-                if answer is not None:
-                    self.transmit(answer)
-                    answered = True
             header = bytes(view[:header_len])
-            segment = 0
-            if is_nd:
-                self.nd_types[frame[54]] += 1
-            if header[0] & packetio.VNET_F_NEEDS_CSUM and is_nd:
-                # ND is validated and rewritten here, so its checksum must be whole.
-                frame = packetio.complete_checksum(frame, header)
-                header = packetio.ZERO_VNET_HDR
-            elif header[1]:
-                segment = packetio.segment_bytes(frame, header)
-            try:
-                actions = handle(
-                    ingress, frame, now, segment_bytes=segment, meta=header, answered=answered
-                )
-            except Exception:  # a bug costs this frame, never the worker
-                self.engine_errors += 1
-                if self.engine_errors & (self.engine_errors - 1) == 0:  # 1, 2, 4, 8, ...
-                    log.exception("engine failed on a frame (%d so far)", self.engine_errors)
-                continue
-            self._handle(actions)
-            if is_nd and actions and type(actions[-1]) is Transmit:
-                self.relay.observe(time.perf_counter() - received_at)
+            self.receive(header, bytes(view[header_len:size]), is_nd, now, received_at)
         self.counters["rx_nd" if is_nd else "rx_data"] += count
         return count
+
+    def drain_answered(self, budget: int) -> int:
+        """The multicast NS the answer thread has answered (or not), for the relay."""
+        now = time.monotonic()
+        count = 0
+        while count < budget:
+            try:
+                header, frame, stamp = self.answered.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            count += 1
+            (received_at,) = STAMP.unpack(stamp)
+            self.receive(header, frame, True, now, received_at, answered=True)
+        self.counters["rx_nd"] += count
+        return count
+
+    def receive(
+        self,
+        header: bytes,
+        frame: bytes,
+        is_nd: bool,
+        now: float,
+        received_at: float,
+        answered: bool = False,
+    ) -> None:
+        segment = 0
+        if is_nd:
+            self.nd_types[frame[54]] += 1
+        if header[0] & packetio.VNET_F_NEEDS_CSUM and is_nd:
+            # ND is validated and rewritten here, so its checksum must be whole.
+            frame = packetio.complete_checksum(frame, header)
+            header = packetio.ZERO_VNET_HDR
+        elif header[1]:
+            segment = packetio.segment_bytes(frame, header)
+        try:
+            actions = self.engine.handle_frame(
+                self.interface, frame, now, segment_bytes=segment, meta=header, answered=answered
+            )
+        except Exception:  # a bug costs this frame, never the worker
+            self.engine_errors += 1
+            if self.engine_errors & (self.engine_errors - 1) == 0:  # 1, 2, 4, 8, ...
+                log.exception("engine failed on a frame (%d so far)", self.engine_errors)
+            return
+        self._handle(actions)
+        if is_nd and actions and type(actions[-1]) is Transmit:
+            self.relay.observe(time.perf_counter() - received_at)
 
     def _handle(self, actions: list) -> None:
         for action in actions:
@@ -341,6 +384,7 @@ class Worker:
         counters.update(self.engine.counters)
         counters.update({f"tx|{name}": count for name, count in self.transmitted.items()})
         counters.update({f"rx_nd|{kind}": count for kind, count in self.nd_types.items()})
+        counters.update(self.answerer.counters)
         counters["replica_neighbors"] = len(self.neighbors)
         counters["engine_errors"] = self.engine_errors
         counters["held_frames"] = len(self.engine.hold)
@@ -358,6 +402,8 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.channel, zmq.POLLIN)
         poller.register(self.link.fileno(), zmq.POLLIN)
+        poller.register(self.answered, zmq.POLLIN)
+        self.answerer.start()
         self.open_receivers()
         registered: list[int] = []  # pyzmq reports plain sockets by file descriptor
         self.hello()
@@ -379,10 +425,6 @@ class Worker:
                 deadline = min(deadline, self.learned_since + LEARNED_FLUSH_S)
             timeout_ms = max(0.0, (deadline - now) * 1000)
             ready = dict(poller.poll(timeout_ms))
-            if self.seq is not None and self.receivers:
-                nd_sock = self.receivers[0]
-                if nd_sock.fileno() in ready:  # ND first: someone may be waiting for an answer
-                    self.drain(nd_sock, True, FRAMES_PER_TURN)
             if self.channel in ready:
                 while True:
                     try:
@@ -393,8 +435,13 @@ class Worker:
             if self.link.fileno() in ready and self.link.read():
                 self._on_link_change()
             if self.seq is not None and self.receivers:
-                data_sock = self.receivers[1]
+                nd_sock, data_sock = self.receivers
+                if self.answered in ready:
+                    self.drain_answered(FRAMES_PER_TURN)
+                if nd_sock.fileno() in ready:
+                    self.drain(nd_sock, True, FRAMES_PER_TURN)
                 if data_sock.fileno() in ready:
+                    # ND first: read it again before each further data batch.
                     self.drain(data_sock, False, FRAMES_PER_TURN)
             now = time.monotonic()
             if self.seq is not None:
@@ -423,10 +470,12 @@ class Worker:
         self.send("link", interface=self.interface, **state.wire())
 
     def close(self) -> None:
+        self.answerer.stop()
         self.close_receivers()
         for _, sock in self.senders.values():
             sock.close()
         self.link.close()
+        self.answered.close(linger=0)
         self.channel.close(linger=500)
 
 

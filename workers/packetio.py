@@ -1,7 +1,8 @@
 """Packet sockets on one interface: receive with kernel filters, send by ifindex.
 
 Two receive sockets per interface, each with a classic BPF filter: one takes ND
-(ICMPv6 types 133-137 right after the IPv6 header), the other every other IPv6 frame.
+(ICMPv6 types 133-137 right after the IPv6 header), the other every other IPv6 frame;
+and a third, blocking, for the answer thread (answerer.py): multicast NS only.
 The worker reads the ND socket first, so a data flood fills the data socket's buffer,
 not ND's.  Both are bound to ETH_P_IPV6, which the kernel delivers on the receive path
 only: the proxy never reads back what it sent.  All-multicast reception comes from a
@@ -64,6 +65,24 @@ ND_FILTER = _bpf(
         (_RET, 0, 0, 0),
     ]
 )
+# ND as above, less the multicast NS the answer socket takes (ANSWER_FILTER below).
+ND_UNANSWERED_FILTER = _bpf(
+    [
+        (_LDH_ABS, 0, 0, 12),
+        (_JEQ, 0, 10, ETH_P_IPV6),
+        (_LDB_ABS, 0, 0, 20),
+        (_JEQ, 0, 8, 58),
+        (_LDB_ABS, 0, 0, 54),
+        (_JGE, 0, 6, 133),
+        (_JGT, 5, 0, 137),
+        (_JEQ, 0, 3, 135),
+        (_LDB_ABS, 0, 0, 38),
+        (_JEQ, 0, 1, 0xFF),
+        (_RET, 0, 0, 0),
+        (_RET, 0, 0, _ACCEPT),
+        (_RET, 0, 0, 0),
+    ]
+)
 DATA_FILTER = _bpf(
     [
         (_LDH_ABS, 0, 0, 12),
@@ -78,6 +97,25 @@ DATA_FILTER = _bpf(
         (_RET, 0, 0, 0),
     ]
 )
+
+
+# A multicast NS right after the IPv6 header: what the answer thread reads
+# (Engine.answers_early says the same of a frame).
+ANSWER_FILTER = _bpf(
+    [
+        (_LDH_ABS, 0, 0, 12),
+        (_JEQ, 0, 7, ETH_P_IPV6),
+        (_LDB_ABS, 0, 0, 20),
+        (_JEQ, 0, 5, 58),
+        (_LDB_ABS, 0, 0, 54),
+        (_JEQ, 0, 3, 135),
+        (_LDB_ABS, 0, 0, 38),
+        (_JEQ, 0, 1, 0xFF),
+        (_RET, 0, 0, _ACCEPT),
+        (_RET, 0, 0, 0),
+    ]
+)
+ANSWER_RECEIVE_TIMEOUT_S = 1.0
 
 
 def _attach_filter(sock: socket.socket, program: bytes) -> None:
@@ -102,6 +140,30 @@ def open_receiver(ifname: str, ifindex: int, program: bytes) -> socket.socket:
         sock.bind((ifname, ETH_P_IPV6))
         _allmulti(sock, ifindex)
         sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def open_answer_socket(ifname: str, ifindex: int) -> socket.socket:
+    """A blocking socket that receives multicast NS and sends the answers.
+
+    recv() wakes at least every ANSWER_RECEIVE_TIMEOUT_S (SO_RCVTIMEO), so the thread
+    can notice it must stop.
+    """
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
+    try:
+        _attach_filter(sock, ANSWER_FILTER)
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        seconds = int(ANSWER_RECEIVE_TIMEOUT_S)
+        microseconds = int((ANSWER_RECEIVE_TIMEOUT_S - seconds) * 1e6)
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, microseconds)
+        )
+        sock.bind((ifname, ETH_P_IPV6))
+        _allmulti(sock, ifindex)
     except OSError:
         sock.close()
         raise

@@ -506,6 +506,23 @@ def test_the_early_answer_is_the_answer_handle_frame_gives(engine):
     assert again is not None and parse_packet(again.frame).src_mac == new_mac
 
 
+def test_a_remembered_answer_still_follows_the_state(engine):
+    learn_router_and_guests(engine, now=1.0)
+    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
+    frame = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+    first = engine.answer_solicitation("up0", frame, 2.0)
+    assert first is not None and engine.answer_solicitation("up0", frame, 2.5) is first
+    engine.neighbors.learn("lan", GUEST1, "vm1", GUEST1_MAC, 3.0, is_router=True)
+    flagged = engine.answer_solicitation("up0", frame, 3.0)
+    assert flagged is not None
+    answer = parse_packet(flagged.frame)
+    assert validate_nd(255, answer.ipv6.src, answer.ipv6.dst, answer.upper).router
+    assert engine.answer_solicitation("up0", frame, 3.0 + 301) is None  # no longer fresh
+    engine.topology.detect_loop("vm1", 4.0)
+    assert engine.answer_solicitation("up0", frame, 4.0) is None  # its member is disabled
+    assert engine.counters["answered"] == 3
+
+
 def test_the_early_answer_leaves_what_it_does_not_answer_to_handle_frame(engine):
     learn_router_and_guests(engine, now=1.0)
     ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
