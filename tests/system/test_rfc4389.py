@@ -110,6 +110,40 @@ def test_router_and_guests_see_the_proxy_macs(lab, daemon):
     assert " from " in lab.ns(guest.name, "rdisc6", "-1", "-w", "1000", "eth0").stdout
 
 
+def test_a_known_guest_is_answered_for_at_once_and_still_asked(lab, daemon):
+    guest = lab.guest_list[0]
+    address = lab.wait_slaac(guest)
+    lab.wait_ping(guest.name, ROUTER_ADDRESS)  # the proxy has now seen the guest
+    router_hears = watch_icmp(lab, lab.router, 136, 3)
+    guest_hears = watch_icmp(lab, guest.name, 135, 3)
+    lab.ns(lab.router, "ip", "-6", "neigh", "flush", "dev", "r0")
+    resolved = lab.ns(lab.router, "ndisc6", "-1", "-w", "1000", address, "r0")
+    assert f"Target link-layer address: {mac_of(lab, lab.proxy, 'up0').upper()}" in resolved.stdout
+    answers = [
+        a
+        for a in collected(router_hears)
+        if a["hex"][16:48] == ipaddress.IPv6Address(address).packed.hex()
+    ]
+    # First the proxy's own answer: solicited, override clear (RFC 4861 §7.2.8), so
+    # the guest's own NA, relayed after the NS reached it, still has the last word.
+    assert answers, "no Neighbor Advertisement for the guest reached the router"
+    flags = int(answers[0]["hex"][8:10], 16)
+    assert flags & 0x40 and not flags & 0x20, answers
+    assert any(int(a["hex"][8:10], 16) & 0x20 for a in answers[1:]), "the guest's own NA"
+    asked = [s for s in collected(guest_hears) if s["destination"].startswith("ff02::1:ff")]
+    assert asked, "the NS was not relayed to the guest"
+    wait_for(
+        lambda: (
+            next(w for w in daemon.call("workers") if w["interface"] == "up0")["counters"].get(
+                "answered", 0
+            )
+            >= 1
+        ),
+        5,
+        "the upstream worker to count its answer",
+    )
+
+
 def test_unicast_neighbor_unreachability_detection_both_ways(lab, daemon):
     guest = lab.guest_list[0]
     address = lab.wait_slaac(guest)
