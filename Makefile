@@ -20,6 +20,7 @@ unit: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy portier workers supervisor
 
 bench: $(STAMP)
 	$(PY) bench/engine_bench.py

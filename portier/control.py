@@ -10,6 +10,7 @@ no answer within the timeout.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -143,7 +144,7 @@ class ControlClient:
                 raise ControlError(
                     Status(Code.TIMEOUT, f"portierd did not answer within {self.timeout_s:g} s")
                 )
-            ready = dict(poller.poll(remaining_ms))
+            ready = dict(poller.poll(math.ceil(remaining_ms)))
             if self.monitor in ready:
                 zmq.utils.monitor.recv_monitor_message(self.monitor)
                 raise ControlError(

@@ -85,7 +85,7 @@ class Transmit(NamedTuple):
 class Dropped(NamedTuple):
     interface: str
     reason: DropReason
-    count: int = 1
+    frames: int = 1  # how many frames went for this one reason
 
 
 class Learned(NamedTuple):

@@ -210,7 +210,7 @@ def decode_worker(raw: bytes) -> dict[str, Any]:
     data = unpack(raw, MAX_WORKER_BYTES)
     kind = data.get("kind")
     fields = WORKER_KINDS.get(kind) if isinstance(kind, str) else None
-    if fields is None:
+    if fields is None or not isinstance(kind, str):
         raise _invalid(f"unknown message kind {kind!r}")
     _check(fields, data, kind)
     if kind == "learned":

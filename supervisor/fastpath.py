@@ -107,8 +107,7 @@ def desired_state(topology: Topology, neighbors: NeighborCache, now: float) -> D
         egress = usable.get(entry.interface)
         if egress is None or egress.group != entry.group or entry.group not in want.groups:
             continue
-        members = [usable[m] for m in topology.groups[entry.group].members if m in usable]
-        largest = max(m.mtu for m in members)
+        largest = max(usable[m].mtu for m in topology.groups[entry.group].members if m in usable)
         want.neighbors[(entry.group, entry.address)] = NeighborRule(
             egress.name,
             egress.ifindex,
@@ -279,12 +278,12 @@ class FastPath:
                         )
                     }
                 )
-        for name, rule in want.ingress.items():
-            old = have.ingress.get(name)
-            if old == rule:
+        for name, ingress in want.ingress.items():
+            had = have.ingress.get(name)
+            if had == ingress:
                 continue
             chain = f"in_{_hex(name)}"
-            if old is None:
+            if had is None:
                 commands.append(
                     {
                         "add": _obj(
@@ -300,7 +299,7 @@ class FastPath:
                 )
             else:
                 commands.append({"flush": _obj("chain", name=chain)})
-            commands += self._ingress_rules(chain, rule)
+            commands += self._ingress_rules(chain, ingress)
         return commands
 
     @staticmethod

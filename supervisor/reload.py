@@ -57,9 +57,9 @@ def plan_reload(
         is_upstream = current_group is not None and topology.groups[current_group].upstream == name
         if current_group != group or is_upstream != upstream:
             plan.memberships.append((name, group, upstream))
-    for name, group in new.items():
-        upstream = topology.groups[name].upstream if name in topology.groups else None
+    for name, spec in new.items():
+        current = topology.groups[name].upstream if name in topology.groups else None
         was = old.get(name, {}).get("upstream")
-        if not group.get("upstream") and was and upstream == was:
+        if not spec.get("upstream") and was and current == was:
             plan.unset_upstreams.append(name)
     return plan

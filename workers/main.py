@@ -14,6 +14,7 @@ import bisect
 import ctypes
 import errno
 import logging
+import math
 import os
 import signal
 import socket
@@ -81,7 +82,7 @@ def _die_with_parent() -> None:
 class Worker:
     def __init__(self, interface: str, endpoint: str, *, capacity: int, lifetime_s: float) -> None:
         self.interface = interface
-        self.context = zmq.Context.instance()
+        self.context: zmq.Context = zmq.Context.instance()
         self.channel = self.context.socket(zmq.DEALER)
         self.channel.setsockopt(zmq.IDENTITY, interface.encode())
         self.channel.setsockopt(zmq.LINGER, 500)
@@ -337,7 +338,7 @@ class Worker:
             if kind is Transmit:
                 self.transmit(action)
             elif kind is Dropped:
-                self.drops[f"{action.interface}|{action.reason.value}"] += action.count
+                self.drops[f"{action.interface}|{action.reason.value}"] += action.frames
             elif kind is Learned:
                 if not self.learned:
                     self.learned_since = time.monotonic()
@@ -424,7 +425,7 @@ class Worker:
             if self.learned:
                 deadline = min(deadline, self.learned_since + LEARNED_FLUSH_S)
             timeout_ms = max(0.0, (deadline - now) * 1000)
-            ready = dict(poller.poll(timeout_ms))
+            ready = dict(poller.poll(math.ceil(timeout_ms)))
             if self.channel in ready:
                 while True:
                     try:
@@ -445,8 +446,8 @@ class Worker:
                     self.drain(data_sock, False, FRAMES_PER_TURN)
             now = time.monotonic()
             if self.seq is not None:
-                deadline = self.engine.next_deadline()
-                if deadline is not None and deadline <= now:
+                due = self.engine.next_deadline()
+                if due is not None and due <= now:
                     self._handle(self.engine.poll(now))
             self.flush_learned(now)
             if now >= next_heartbeat:
