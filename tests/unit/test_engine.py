@@ -471,11 +471,15 @@ def test_jumbogram_super_frame_is_forwarded_whole(engine):
     assert out == {"up0": ROUTER_MAC + UP_MAC + frame[12:]}
 
 
+def router_asks_for_guest1() -> bytes:
+    """The router's multicast NS for GUEST1, with its MAC in the SLLA option."""
+    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
+    return nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+
+
 def test_multicast_ns_for_a_fresh_neighbor_is_answered_at_once(engine):
     learn_router_and_guests(engine, now=1.0)
-    target = solicited_node(GUEST1)
-    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
-    actions = engine.handle_frame("up0", nd_frame(ROUTER_MAC, None, ROUTER, target, ns), 2.0)
+    actions = engine.handle_frame("up0", router_asks_for_guest1(), 2.0)
     out = sent(actions)
     assert set(out) == {"up0", "vm1", "vm2"}  # the answer, and the NS still forwarded
     answer = parse_packet(out["up0"])
@@ -490,8 +494,7 @@ def test_multicast_ns_for_a_fresh_neighbor_is_answered_at_once(engine):
 def test_the_early_answer_is_the_answer_handle_frame_gives(engine):
     """The worker answers before relaying; the relay then forwards without answering again."""
     learn_router_and_guests(engine, now=1.0)
-    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
-    frame = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+    frame = router_asks_for_guest1()
     twin = Engine(lab_topology())
     learn_router_and_guests(twin, now=1.0)
     early = engine.answer_solicitation("up0", frame, 2.0)
@@ -508,8 +511,7 @@ def test_the_early_answer_is_the_answer_handle_frame_gives(engine):
 
 def test_a_remembered_answer_still_follows_the_state(engine):
     learn_router_and_guests(engine, now=1.0)
-    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
-    frame = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+    frame = router_asks_for_guest1()
     first = engine.answer_solicitation("up0", frame, 2.0)
     assert first is not None and engine.answer_solicitation("up0", frame, 2.5) is first
     engine.neighbors.learn("lan", GUEST1, "vm1", GUEST1_MAC, 3.0, is_router=True)
@@ -525,11 +527,11 @@ def test_a_remembered_answer_still_follows_the_state(engine):
 
 def test_the_early_answer_leaves_what_it_does_not_answer_to_handle_frame(engine):
     learn_router_and_guests(engine, now=1.0)
-    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
-    frame = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+    frame = router_asks_for_guest1()
     broken = frame[:-1] + bytes([frame[-1] ^ 1])  # checksum no longer matches
     assert engine.answer_solicitation("up0", broken, 2.0) is None
     assert drops(engine.handle_frame("up0", broken, 2.0)) == [DropReason.BAD_CHECKSUM]
+    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
     unicast = nd_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1, ns)
     assert engine.answer_solicitation("up0", unicast, 2.0) is None  # NUD: the owner answers
     assert engine.answer_solicitation("vm1", frame, 2.0) is None  # target behind the ingress
@@ -538,8 +540,7 @@ def test_the_early_answer_leaves_what_it_does_not_answer_to_handle_frame(engine)
 
 def test_ns_is_not_answered_for_stale_unknown_or_same_side_targets(engine):
     learn_router_and_guests(engine, now=1.0)
-    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
-    frame = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+    frame = router_asks_for_guest1()
     assert "up0" not in sent(engine.handle_frame("up0", frame, 400.0))  # not seen for 399 s
     dad = nd_frame(
         ROUTER_MAC, None, bytes(16), solicited_node(GUEST1), NeighborSolicitation(GUEST1)
