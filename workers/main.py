@@ -109,7 +109,7 @@ class Worker:
         self.view = memoryview(self.buffer)
         # Multicast NS come from the answer thread, answered first (answerer.py).
         self.answered = self.context.socket(zmq.PULL)
-        endpoint = f"inproc://answered-{interface}"
+        endpoint = f"inproc://answered-{interface}-{id(self):x}"  # closing is not instant
         self.answered.bind(endpoint)
         self.answerer = Answerer(interface, self._answer, self.context, endpoint)
 
