@@ -9,8 +9,11 @@ after the IPv6 header (Engine.answers_early; the socket's filter takes just thos
 the main ND socket's filter leaves them out) come in here: the thread answers the
 ones the proxy answers (Engine.answer_solicitation, which only reads the replica),
 then hands every frame to the main loop over an inproc socket, which relays, learns
-and counts as for any ND frame.  The main loop sleeps in poll() meanwhile, so the
-thread never waits for the interpreter lock on the way to the answer.
+and counts as for any ND frame, and answers what the thread did not if it can by then.
+The main loop sleeps in poll() meanwhile, so the thread never waits for the
+interpreter lock on the way to the answer.  After the interface's sockets are
+reopened, the thread may take up to ANSWER_RECEIVE_TIMEOUT_S to leave the old one
+(a closed socket does not wake a blocked recv()); frames wait in the new one meanwhile.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ from portier.workers import packetio
 log = logging.getLogger("portier.worker")
 
 FRAME_MAX = 4096  # an NS with any options fits
-STAMP = struct.Struct("d")  # perf_counter at receipt, for the relay histogram
+# perf_counter at receipt (for the relay histogram), and whether the thread answered:
+# if not, the main loop asks again with what it knows then (the replica may have been
+# empty, before the first snapshot).
+STAMP = struct.Struct("d?")
 
 
 class Answerer:
@@ -94,15 +100,18 @@ class Answerer:
                 if header[0] & packetio.VNET_F_NEEDS_CSUM:
                     frame = packetio.complete_checksum(frame, header)
                     header = packetio.ZERO_VNET_HDR
-                self._answer(sock, frame, received_at)
+                answered = self._answer(sock, frame)
                 try:
-                    relay.send_multipart([header, frame, STAMP.pack(received_at)], zmq.NOBLOCK)
+                    relay.send_multipart(
+                        [header, frame, STAMP.pack(received_at, answered)], zmq.NOBLOCK
+                    )
                 except zmq.Again:
                     self.counters["answer_relay_queue_full"] += 1
         finally:
             relay.close()
 
-    def _answer(self, sock: socket.socket, frame: bytes, received_at: float) -> None:
+    def _answer(self, sock: socket.socket, frame: bytes) -> bool:
+        """Send the answer to `frame` if the proxy gives one; whether it did."""
         try:
             reply = self.answer(frame, time.monotonic())
         except Exception:  # the replica changed under us: lose this answer, not the thread
@@ -110,13 +119,15 @@ class Answerer:
             errors = self.counters["answer_errors"]
             if errors & (errors - 1) == 0:  # 1, 2, 4, 8, ...
                 log.exception("answering an NS failed (%d so far)", errors)
-            return
+            return False
         if reply is None:
-            return
+            return False
         try:
             sock.sendmsg([packetio.ZERO_VNET_HDR, reply])
         except OSError as exc:
             self._count_error("answer_tx", exc)
+            return False  # the main loop tries again
+        return True
 
     def _count_error(self, what: str, exc: OSError) -> None:
         self.counters[f"{what}_{errno.errorcode.get(exc.errno or 0, 'error').lower()}"] += 1

@@ -287,7 +287,7 @@ class Worker:
         return count
 
     def drain_answered(self, budget: int) -> int:
-        """The multicast NS the answer thread has answered (or not), for the relay."""
+        """The multicast NS the answer thread has seen (and answered or not), for the relay."""
         now = time.monotonic()
         count = 0
         while count < budget:
@@ -296,8 +296,8 @@ class Worker:
             except zmq.Again:
                 break
             count += 1
-            (received_at,) = STAMP.unpack(stamp)
-            self.receive(header, frame, True, now, received_at, answered=True)
+            received_at, answered = STAMP.unpack(stamp)
+            self.receive(header, frame, True, now, received_at, answered=answered)
         self.counters["rx_nd"] += count
         return count
 
