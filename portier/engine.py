@@ -18,6 +18,9 @@ The rules (RFC 4389, with Portier's groups):
   it out of the other members, on behalf of the sender: the NS carries the held packet's
   source address and the egress MAC, so the answer comes back through the proxy.
 - The sources of valid ND messages and of proxied packets are learned (neighbors.py).
+- A multicast NS for a neighbor seen in the last ANSWER_FRESH_S behind another member is
+  answered by the proxy (its own MAC, override clear) and still forwarded;
+  `answer_solicitation` does this ahead of everything else for the worker.
 - An RA on a member other than the upstream, or a P-flagged RA on the upstream outside
   nested mode, is a loop: that member is disabled for the loop-disable time.  A group
   with no upstream has no router side: its RAs are proxied, not treated as loops.

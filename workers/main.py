@@ -27,14 +27,7 @@ import zmq
 
 from portier import logs, schema
 from portier.drops import DropReason
-from portier.engine import (
-    Dropped,
-    Engine,
-    Learned,
-    LoopDetected,
-    PrefixLearned,
-    Transmit,
-)
+from portier.engine import Dropped, Engine, Learned, LoopDetected, PrefixLearned, Transmit
 from portier.groups import Topology
 from portier.neighbors import NeighborCache
 from portier.replication import apply_snapshot, apply_topology
@@ -310,6 +303,7 @@ class Worker:
         received_at: float,
         answered: bool = False,
     ) -> None:
+        """Judge one received frame and carry out what the engine decides."""
         segment = 0
         if is_nd:
             self.nd_types[frame[54]] += 1

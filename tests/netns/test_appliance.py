@@ -117,11 +117,14 @@ def test_worker_kill_resumes_with_every_neighbor(make_lab):
     assert lab.ping(lab.router, address1, count=3).returncode == 0
     assert lab.ping(guest1.name, address2, count=3).returncode == 0
     after = daemon.status()
-    assert learned <= {(n["group"], n["address"]) for n in after["neighbors"]}
+    known_after = {(n["group"], n["address"]) for n in after["neighbors"]}
+    assert learned <= known_after
     worker = next(w for w in after["workers"] if w["interface"] == "vm1")
     assert worker["restarts"] == 1
-    # The restarted worker knew the router at once: it held nothing to resolve it.
-    assert worker["counters"].get("held", 0) == 0
+    # The restarted worker held nothing for a neighbor known before the kill.  A frame
+    # may wait for one first heard of since (the router answering from another of its
+    # addresses, say), until the learning worker's report reaches this one.
+    assert worker["counters"].get("held", 0) <= len(known_after - learned)
 
 
 def test_recreated_guest_interface_is_reachable_again(make_lab):
