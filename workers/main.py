@@ -205,10 +205,15 @@ class Worker:
             self.close_receivers()
             log.error("cannot open packet sockets on %s: %s", self.interface, exc.strerror)
 
-    def close_receivers(self) -> None:
+    def packet_sockets(self) -> list[socket.socket]:
+        """Every socket that receives on the interface: ND, data, and the answer thread's."""
         answer_sock = self.answerer.sock
+        return [*self.receivers, *([answer_sock] if answer_sock else [])]
+
+    def close_receivers(self) -> None:
+        sockets = self.packet_sockets()
         self.answerer.attach(None)
-        for sock in [*self.receivers, *([answer_sock] if answer_sock else [])]:
+        for sock in sockets:
             sock.close()
         self.receivers = []
 
@@ -372,7 +377,7 @@ class Worker:
             self.learned = []
 
     def heartbeat(self) -> None:
-        kernel_drops = sum(packetio.drops(sock) for sock in self.receivers)
+        kernel_drops = sum(packetio.drops(sock) for sock in self.packet_sockets())
         if kernel_drops:
             self.drops[f"{self.interface}|{DropReason.SOCKET_OVERFLOW.value}"] += kernel_drops
         counters = dict(self.counters)
