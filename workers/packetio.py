@@ -147,23 +147,19 @@ def open_receiver(ifname: str, ifindex: int, program: bytes) -> socket.socket:
 
 
 def open_answer_socket(ifname: str, ifindex: int) -> socket.socket:
-    """A blocking socket that receives multicast NS and sends the answers.
+    """A blocking receiver of multicast NS, which also sends the answers.
 
     recv() wakes at least every ANSWER_RECEIVE_TIMEOUT_S (SO_RCVTIMEO), so the thread
     can notice it must stop.
     """
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IPV6))
+    sock = open_receiver(ifname, ifindex, ANSWER_FILTER)
+    seconds = int(ANSWER_RECEIVE_TIMEOUT_S)
+    microseconds = int((ANSWER_RECEIVE_TIMEOUT_S - seconds) * 1e6)
     try:
-        _attach_filter(sock, ANSWER_FILTER)
-        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
-        seconds = int(ANSWER_RECEIVE_TIMEOUT_S)
-        microseconds = int((ANSWER_RECEIVE_TIMEOUT_S - seconds) * 1e6)
+        sock.setblocking(True)
         sock.setsockopt(
             socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, microseconds)
         )
-        sock.bind((ifname, ETH_P_IPV6))
-        _allmulti(sock, ifindex)
     except OSError:
         sock.close()
         raise
