@@ -8,6 +8,7 @@ name and the chained message on stderr (3 when portierd cannot be reached at all
 from __future__ import annotations
 
 import argparse
+import datetime
 import ipaddress
 import json
 import os
@@ -133,6 +134,44 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def local_time(wall: float) -> str:
+    """A wall-clock stamp as local ISO-8601 to the second, with the UTC offset."""
+    return datetime.datetime.fromtimestamp(wall).astimezone().isoformat(timespec="seconds")
+
+
+def fastpath_line(fastpath: dict[str, Any]) -> str:
+    if not fastpath.get("active"):
+        reason = fastpath.get("reason") or "not running"
+        retry = fastpath.get("retry_in_s")
+        retrying = f", retrying in {retry:.0f} s" if retry is not None else ""
+        return f"fast path off ({reason}){retrying}"
+    return (
+        f"fast path on: {fastpath.get('neighbors', 0)} neighbors,"
+        f" {fastpath.get('kernel_packets', 0)} frames in the kernel"
+    )
+
+
+def state_save_line(state_save: dict[str, Any]) -> str | None:
+    """`state not saved since TIME: ERROR` while saving fails, else nothing."""
+    error = state_save.get("error")
+    if not error:
+        return None
+    since = state_save.get("failing_since")
+    when = local_time(since) if since is not None else "start"
+    return f"state not saved since {when}: {error}"
+
+
+def health_lines(health: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, loop in sorted((health.get("loops") or {}).items()):
+        if not loop.get("healthy", True):
+            error = f", last error: {loop['last_error']}" if loop.get("last_error") else ""
+            lines.append(
+                f"unhealthy: supervisor loop {name} ({loop.get('restarts', 0)} restarts{error})"
+            )
+    return lines
+
+
 def render(command: str, result: Any) -> str:
     if command == "status":
         frames = result.get("frames", {})
@@ -145,12 +184,14 @@ def render(command: str, result: Any) -> str:
             f"workers: {workers or 'none'}",
             f"frames: received {frames.get('received', 0)}, forwarded"
             f" {frames.get('forwarded', 0)}, dropped {frames.get('dropped', 0)}",
-            f"fast path {'on' if result['fastpath']['active'] else 'off'}:"
-            f" {result['fastpath']['neighbors']} neighbors,"
-            f" {result['fastpath']['kernel_packets']} frames in the kernel",
+            fastpath_line(result["fastpath"]),
             f"nested mode {'on' if result['nested'] else 'off'},"
             f" loop-disable {result['loop_disable_s']:g} s",
         ]
+        saving = state_save_line(result.get("state_save") or {})
+        if saving:
+            lines.append(saving)
+        lines.extend(health_lines(result.get("health") or {}))
         for name, reasons in sorted(result["disabled"].items()):
             lines.append(f"disabled: {name} ({', '.join(reasons)})")
         return "\n".join(lines)
@@ -205,7 +246,7 @@ def render(command: str, result: Any) -> str:
     if command == "flush":
         return f"flushed {result['flushed']} neighbors"
     if command == "fastpath":
-        state = "on" if result["active"] else f"off ({result['reason']})"
+        state = "on" if result["active"] else f"off ({result['reason'] or 'not running'})"
         text = (
             f"fast path {state}: {result['members']} members, {result['neighbors']}"
             f" neighbors in the kernel, {result['kernel_packets']} frames forwarded there\n"
@@ -220,6 +261,8 @@ def render(command: str, result: Any) -> str:
         text = "reloaded: " + (", ".join(f"{k} {v}" for k, v in changes.items()) or "no change")
         if result.get("needs_restart"):
             text += f"\nneeds a restart to apply: {', '.join(result['needs_restart'])}"
+        for failure in result.get("failed") or []:
+            text += f"\nfailed: {failure}"
         return text
     return "OK"
 
@@ -286,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(exc.status)
     if not reply.ok:
         return fail(reply.status)
+    if reply.code == Code.OK and reply.message:
+        # Applied, with something to know: e.g. the state could not be saved.
+        print(f"portierctl: {reply.message}", file=sys.stderr)
     if args.json:
         document = {
             "ok": reply.ok,

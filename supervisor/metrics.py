@@ -3,8 +3,11 @@
 Nothing is counted per packet here: workers count in their own process and report in
 their heartbeats; a scrape turns the latest reports and the supervisor's state into
 metric families.  Labels are bounded (interfaces, groups, reasons, states, operations):
-no per-address label ever.  The endpoint is a small HTTP server on the asyncio loop, so
-a scrape reads the state from the thread that writes it.
+no per-address label ever.  A label set appears once per family: what several workers
+report about one interface (drops name the interface they concern, not the reporter)
+is summed.  The endpoint is a small HTTP server on the asyncio loop, so a scrape reads
+the state from the thread that writes it.  It is handed the parts it reads
+(`MetricSources`) and changes none of them.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
@@ -27,21 +31,55 @@ from prometheus_client.core import (
 from portier import __version__
 from portier.groups import DisableReason
 from portier.schema import ND_RELAY_BUCKETS_S
-
-if TYPE_CHECKING:
-    from portier.supervisor.main import Supervisor
+from portier.supervisor.loops import LoopSupervisor
+from portier.supervisor.state import ProxyState
+from portier.supervisor.stats import SupervisorStats
+from portier.supervisor.workerpool import WorkerPool
 
 log = logging.getLogger("portier.supervisor")
 
 ND_TYPES = {"133": "rs", "134": "ra", "135": "ns", "136": "na", "137": "redirect"}
 
 
+class Viewable(Protocol):
+    def view(self) -> dict[str, Any]: ...
+
+
+class RequestCounter(Protocol):
+    requests: Any  # Counter[(operation, code name)]
+
+
+@dataclass(frozen=True)
+class MetricSources:
+    """What a scrape reads, by name."""
+
+    state: ProxyState
+    pool: WorkerPool
+    stats: SupervisorStats
+    fastpath: Viewable
+    state_save: Viewable
+    loops: LoopSupervisor
+    control_servers: Iterable[RequestCounter]
+
+
+def drops_by_interface(pool: WorkerPool) -> dict[tuple[str, str], int]:
+    """Every worker's drop counts, summed by (interface named in the key, reason)."""
+    totals: dict[tuple[str, str], int] = {}
+    for handle in pool.handles.values():
+        for key, value in handle.drops.items():
+            interface, sep, reason = key.partition("|")
+            if not sep:
+                interface, reason = handle.interface, key
+            totals[(interface, reason)] = totals.get((interface, reason), 0) + value
+    return totals
+
+
 class PortierCollector:
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
+    def __init__(self, sources: MetricSources) -> None:
+        self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        sup = self.supervisor
+        sup = self.sources
         topology = sup.state.topology
         now = time.monotonic()
 
@@ -90,22 +128,26 @@ class PortierCollector:
             "ND message from receipt to its last transmission",
             labels=["interface"],
         )
+
+        def group_of(name: str) -> str:
+            interface = topology.interfaces.get(name)
+            return (interface.group if interface else None) or ""
+
+        drops = drops_by_interface(sup.pool)
+        for (name, reason), value in sorted(drops.items()):
+            dropped.add_metric([name, group_of(name), reason], value)
         for handle in sup.pool.handles.values():
             name = handle.interface
-            interface = topology.interfaces.get(name)
-            group = (interface.group if interface else None) or ""
+            group = group_of(name)
             counters = handle.counters
             received.add_metric([name, group, "nd"], counters.get("rx_nd", 0))
             received.add_metric([name, group, "data"], counters.get("rx_data", 0))
             for code, label in ND_TYPES.items():
                 received_nd.add_metric([name, group, label], counters.get(f"rx_nd|{code}", 0))
-            for key, value in handle.drops.items():
-                _, _, reason = key.partition("|")
-                dropped.add_metric([name, group, reason], value)
             held.add_metric([name], counters.get("held_frames", 0))
             hold_events.add_metric([name, "held"], counters.get("held", 0))
             hold_events.add_metric([name, "released"], counters.get("released", 0))
-            hold_events.add_metric([name, "timed_out"], handle.drops.get(f"{name}|hold_timeout", 0))
+            hold_events.add_metric([name, "timed_out"], drops.get((name, "hold_timeout"), 0))
             solicits.add_metric([name], counters.get("solicits_sent", 0))
             packet_too_big.add_metric([name], counters.get("ptb_sent", 0))
             histogram = handle.histograms.get("nd_relay_seconds")
@@ -124,8 +166,7 @@ class PortierCollector:
                 if key.startswith("tx|"):
                     sent[key[3:]] = sent.get(key[3:], 0) + value
         for name, value in sorted(sent.items()):
-            interface = topology.interfaces.get(name)
-            forwarded.add_metric([name, (interface.group if interface else None) or ""], value)
+            forwarded.add_metric([name, group_of(name)], value)
         yield from (
             received,
             received_nd,
@@ -198,8 +239,8 @@ class PortierCollector:
             "portier_interfaces", "Bound interfaces", labels=["group", "role"]
         )
         for interface in topology.interfaces.values():
-            group = topology.groups.get(interface.group) if interface.group else None
-            role = "upstream" if group and group.upstream == interface.name else "member"
+            owner = topology.groups.get(interface.group) if interface.group else None
+            role = "upstream" if owner and owner.upstream == interface.name else "member"
             interfaces.add_metric([interface.group or "", role], 1)
         yield interfaces
 
@@ -215,14 +256,54 @@ class PortierCollector:
         kernel = CounterMetricFamily(
             "portier_fastpath_forwarded_packets", "Frames the kernel fast path forwarded"
         )
-        kernel.add_metric([], sup.fastpath_packets)
+        kernel.add_metric([], fast.get("kernel_packets", 0))
         yield kernel
         events = CounterMetricFamily(
             "portier_fastpath_events", "nftables transactions by outcome", labels=["event"]
         )
         for event in ("transactions", "failures", "rebuilds", "repairs"):
-            events.add_metric([event], fast[event])
+            events.add_metric([event], fast.get(event, 0))
         yield events
+        fast_failures = CounterMetricFamily(
+            "portier_fastpath_failures", "Times the kernel fast path failed and turned off"
+        )
+        fast_failures.add_metric([], fast.get("failures", 0))
+        yield fast_failures
+
+        saved = sup.state_save.view()
+        save_ok = GaugeMetricFamily(
+            "portier_state_save_ok", "1 while the last write of the state file succeeded"
+        )
+        save_ok.add_metric([], 0 if saved.get("error") else 1)
+        yield save_ok
+        save_failures = CounterMetricFamily(
+            "portier_state_save_failures", "Writes of the state file that failed"
+        )
+        save_failures.add_metric([], saved.get("failures", 0))
+        yield save_failures
+        saved_at = GaugeMetricFamily(
+            "portier_state_saved_timestamp_seconds",
+            "Wall-clock time of the last successful write of the state file",
+        )
+        saved_at.add_metric([], saved.get("saved_at") or 0)
+        yield saved_at
+
+        health = sup.loops.view()["loops"]
+        loop_restarts = CounterMetricFamily(
+            "portier_loop_restarts",
+            "Restarts of a supervisor loop after a failure",
+            labels=["loop"],
+        )
+        loop_healthy = GaugeMetricFamily(
+            "portier_loop_healthy",
+            "1 while a supervisor loop runs and makes progress",
+            labels=["loop"],
+        )
+        for name, loop in health.items():
+            loop_restarts.add_metric([name], loop["restarts"])
+            loop_healthy.add_metric([name], 1 if loop["healthy"] else 0)
+        yield loop_restarts
+        yield loop_healthy
 
         requests = CounterMetricFamily(
             "portier_control_requests",
@@ -241,9 +322,9 @@ class PortierCollector:
 class MetricsServer:
     """GET /metrics over HTTP/1.1, served on the supervisor's event loop."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, sources: MetricSources) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PortierCollector(supervisor))  # type: ignore[arg-type]
+        self.registry.register(PortierCollector(sources))  # type: ignore[arg-type]
         self.server: asyncio.Server | None = None
 
     async def start(self, listen: str) -> None:

@@ -1,28 +1,63 @@
 """Control operations: one small function per operation, from arguments to a reply.
 
 Arguments arrive already checked against the schema's field types; each function checks
-their values, changes state only through the supervisor, and returns a Status plus a
-result.  `OUTCOMES` maps the original Portier's eight operations onto its outcome names
-(SUCCESS, EXISTS, DOES_NOT_EXIST, NO_OPERATION, FAILED, ...), which replies carry too.
+their values, changes state through the parts it is handed (`OperationParts`: the state,
+the worker pool, the committer, the fast path, reload and the summary), and returns a
+Status plus a result.  A change that applied but could not be saved still succeeds, and
+its reply says the state could not be saved and why.  `OUTCOMES` maps the original
+Portier's eight operations onto its outcome names (SUCCESS, EXISTS, DOES_NOT_EXIST,
+NO_OPERATION, FAILED, ...), which replies carry too.
 """
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from portier.groups import check_group_name, check_interface_name
+from portier.groups import Topology, check_group_name, check_interface_name
+from portier.neighbors import NeighborCache
 from portier.status import OK, Code, Status
 from portier.supervisor import views
-
-if TYPE_CHECKING:
-    from portier.supervisor.main import Supervisor
+from portier.supervisor.commit import Committer, with_save_outcome
+from portier.supervisor.state import Change, ProxyState
+from portier.supervisor.workerpool import WorkerPool
 
 Result = tuple[Status, Any]
-Operation = Callable[["Supervisor", dict[str, Any]], Awaitable[Result]]
+
+
+class FastPathControl(Protocol):
+    async def check(self, topology: Topology, neighbors: NeighborCache, now: float) -> int: ...
+
+    def view(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class OperationParts:
+    """What the operations may use of the supervisor, by name."""
+
+    state: ProxyState
+    pool: WorkerPool
+    committer: Committer
+    fastpath: FastPathControl
+    reload: Callable[[], Awaitable[Result]]
+    summary: Callable[[], dict[str, Any]]
+    background: Callable[[Coroutine[Any, Any, Any], str], object]
+
+    async def commit(self, op: str, changes: list[Change] | None = None, **fields: Any) -> Result:
+        """Replicate, program, save and announce; OK, saying so if the save failed."""
+        saved = await self.committer.commit(op, changes, **fields)
+        return with_save_outcome(OK, saved), None
+
+    def stop_worker(self, name: str) -> None:
+        """In the background: the reply need not wait for the process to exit."""
+        self.background(self.pool.stop(name), f"stopping the worker for {name}")
+
+
+Operation = Callable[[OperationParts, dict[str, Any]], Awaitable[Result]]
 OPERATIONS: dict[str, Operation] = {}
 IFF_LOOPBACK = 0x8
 
@@ -82,22 +117,22 @@ def _kernel_interface(name: str) -> Status:
 
 
 @operation("status")
-async def status(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def status(sup: OperationParts, args: dict[str, Any]) -> Result:
     return OK, sup.summary()
 
 
 @operation("groups")
-async def groups(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def groups(sup: OperationParts, args: dict[str, Any]) -> Result:
     return OK, views.groups_view(sup.state.topology)
 
 
 @operation("interfaces")
-async def interfaces(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def interfaces(sup: OperationParts, args: dict[str, Any]) -> Result:
     return OK, views.interfaces_view(sup.state.topology, time.monotonic())
 
 
 @operation("neighbors")
-async def neighbors(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def neighbors(sup: OperationParts, args: dict[str, Any]) -> Result:
     group = args.get("group")
     if group is not None and group not in sup.state.topology.groups:
         return Status(Code.DOES_NOT_EXIST, f"Group {group} does not exist"), None
@@ -105,7 +140,7 @@ async def neighbors(sup: Supervisor, args: dict[str, Any]) -> Result:
 
 
 @operation("workers")
-async def workers(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def workers(sup: OperationParts, args: dict[str, Any]) -> Result:
     return OK, views.workers_view(sup.pool)
 
 
@@ -113,7 +148,7 @@ async def workers(sup: Supervisor, args: dict[str, Any]) -> Result:
 
 
 @operation("bind")
-async def bind(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def bind(sup: OperationParts, args: dict[str, Any]) -> Result:
     name = args["interface"]
     status = check_interface_name(name)
     if status and name in sup.state.topology.interfaces:
@@ -124,57 +159,52 @@ async def bind(sup: Supervisor, args: dict[str, Any]) -> Result:
         status = sup.state.topology.bind(name)
     if not status:
         return status.wrap(f"Failed to bind {name}"), None
-    await sup.start_worker(name)
-    await sup.committed("bind", interface=name)
-    return OK, None
+    await sup.pool.start(name)
+    return await sup.commit("bind", interface=name)
 
 
 @operation("release")
-async def release(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def release(sup: OperationParts, args: dict[str, Any]) -> Result:
     name = args["interface"]
     if name not in sup.state.topology.interfaces:
         return Status(Code.DOES_NOT_EXIST, f"Interface {name} is not bound"), None
     changes = sup.state.forget_interface(name)
     sup.state.topology.release(name)
     sup.stop_worker(name)
-    await sup.committed("release", changes, interface=name)
-    return OK, None
+    return await sup.commit("release", changes, interface=name)
 
 
 @operation("group_create")
-async def group_create(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def group_create(sup: OperationParts, args: dict[str, Any]) -> Result:
     name = args["group"]
     status = sup.state.topology.create_group(name)
     if not status:
         return status.wrap(f"Failed to create group {name}"), None
-    await sup.committed("group_create", group=name)
-    return OK, None
+    return await sup.commit("group_create", group=name)
 
 
 @operation("group_release")
-async def group_release(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def group_release(sup: OperationParts, args: dict[str, Any]) -> Result:
     name = args["group"]
     if name not in sup.state.topology.groups:
         return Status(Code.DOES_NOT_EXIST, f"Group {name} does not exist"), None
     changes = sup.state.forget_group(name)
     sup.state.topology.release_group(name)
-    await sup.committed("group_release", changes, group=name)
-    return OK, None
+    return await sup.commit("group_release", changes, group=name)
 
 
 @operation("add")
-async def add(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def add(sup: OperationParts, args: dict[str, Any]) -> Result:
     name, group = args["interface"], args["group"]
     upstream = args.get("upstream", False)
     status = sup.state.topology.add_to_group(name, group, upstream=upstream)
     if not status:
         return status.wrap(f"Failed to add {name} to group {group}"), None
-    await sup.committed("add", interface=name, group=group, upstream=upstream)
-    return OK, None
+    return await sup.commit("add", interface=name, group=group, upstream=upstream)
 
 
 @operation("remove")
-async def remove(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def remove(sup: OperationParts, args: dict[str, Any]) -> Result:
     name = args["interface"]
     interface = sup.state.topology.interfaces.get(name)
     if interface is None:
@@ -185,12 +215,11 @@ async def remove(sup: Supervisor, args: dict[str, Any]) -> Result:
         ), None
     changes = sup.state.forget_interface(name)
     sup.state.topology.remove_from_group(name)
-    await sup.committed("remove", changes, interface=name)
-    return OK, None
+    return await sup.commit("remove", changes, interface=name)
 
 
 @operation("upstream_set")
-async def upstream_set(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def upstream_set(sup: OperationParts, args: dict[str, Any]) -> Result:
     name = args["interface"]
     interface = sup.state.topology.interfaces.get(name)
     if interface is None:
@@ -201,25 +230,23 @@ async def upstream_set(sup: Supervisor, args: dict[str, Any]) -> Result:
             f"Interface {name} is in no group; add it to one first (portierctl add)",
         ), None
     sup.state.topology.set_upstream(name)
-    await sup.committed("upstream_set", interface=name, group=interface.group)
-    return OK, None
+    return await sup.commit("upstream_set", interface=name, group=interface.group)
 
 
 @operation("upstream_unset")
-async def upstream_unset(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def upstream_unset(sup: OperationParts, args: dict[str, Any]) -> Result:
     name = args["group"]
     status = sup.state.topology.unset_upstream(name)
     if not status:
         return status, None
-    await sup.committed("upstream_unset", group=name)
-    return OK, None
+    return await sup.commit("upstream_unset", group=name)
 
 
 # --- operators' additions --------------------------------------------------------------
 
 
 @operation("enable")
-async def enable(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def enable(sup: OperationParts, args: dict[str, Any]) -> Result:
     name = args["interface"]
     status = sup.state.topology.enable(name)
     if status.code == Code.NO_OPERATION:
@@ -228,12 +255,11 @@ async def enable(sup: Supervisor, args: dict[str, Any]) -> Result:
         return Status(Code.NO_OPERATION, status.message + detail), None
     if not status:
         return status, None
-    await sup.committed("enable", interface=name)
-    return OK, None
+    return await sup.commit("enable", interface=name)
 
 
 @operation("flush")
-async def flush(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def flush(sup: OperationParts, args: dict[str, Any]) -> Result:
     group = args.get("group")
     if group is not None:
         status = check_group_name(group)
@@ -242,28 +268,29 @@ async def flush(sup: Supervisor, args: dict[str, Any]) -> Result:
         if not status:
             return status, None
     changes, count = sup.state.flush(group)
-    await sup.committed("flush", changes, group=group, flushed=count)
-    return OK, {"flushed": count}
+    status, _ = await sup.commit("flush", changes, group=group, flushed=count)
+    return status, {"flushed": count}
 
 
 @operation("nested")
-async def nested(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def nested(sup: OperationParts, args: dict[str, Any]) -> Result:
     enabled = args["enabled"]
     if sup.state.topology.nested == enabled:
         return Status(
             Code.NO_OPERATION, f"Nested mode is already {'on' if enabled else 'off'}"
         ), None
     sup.state.topology.nested = enabled
-    await sup.committed("nested", enabled=enabled)
-    return OK, None
+    return await sup.commit("nested", enabled=enabled)
 
 
 @operation("fastpath")
-async def fastpath(sup: Supervisor, args: dict[str, Any]) -> Result:
-    drift = await sup.check_fastpath() if args.get("check") else None
-    return OK, {**sup.fastpath.view(), "kernel_packets": sup.fastpath_packets, "drift": drift}
+async def fastpath(sup: OperationParts, args: dict[str, Any]) -> Result:
+    drift = None
+    if args.get("check"):
+        drift = await sup.fastpath.check(sup.state.topology, sup.state.neighbors, time.monotonic())
+    return OK, {**sup.fastpath.view(), "drift": drift}
 
 
 @operation("reload")
-async def reload(sup: Supervisor, args: dict[str, Any]) -> Result:
+async def reload(sup: OperationParts, args: dict[str, Any]) -> Result:
     return await sup.reload()

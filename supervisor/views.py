@@ -5,9 +5,11 @@ Addresses are rendered as text here, at the edge; nothing here changes state.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
+from portier import __version__
 from portier.addresses import format_ipv6, format_mac
 from portier.groups import Topology
 from portier.neighbors import NeighborCache
@@ -75,6 +77,7 @@ def workers_view(pool: WorkerPool) -> list[dict[str, Any]]:
             "interface": handle.interface,
             "state": handle.state.value,
             "pid": handle.pid if handle.process is not None else None,
+            "reported_pid": handle.reported_pid or None,
             "restarts": handle.restarts,
             "last_exit": handle.last_exit,
             "counters": handle.counters,
@@ -93,4 +96,57 @@ def status_view(topology: Topology, neighbors: NeighborCache, pool: WorkerPool) 
         "interfaces": interfaces_view(topology, now),
         "neighbors": neighbors_view(neighbors, now),
         "workers": workers_view(pool),
+    }
+
+
+def frame_totals(pool: WorkerPool) -> dict[str, int]:
+    totals = {"received": 0, "forwarded": 0, "dropped": 0}
+    for handle in pool.handles.values():
+        counters = handle.counters
+        totals["received"] += counters.get("rx_nd", 0) + counters.get("rx_data", 0)
+        totals["forwarded"] += sum(v for k, v in counters.items() if k.startswith("tx|"))
+        totals["dropped"] += sum(handle.drops.values())
+    return totals
+
+
+def summary_view(
+    topology: Topology,
+    neighbors: NeighborCache,
+    pool: WorkerPool,
+    *,
+    ready: bool,
+    health: dict[str, Any],
+    fastpath: dict[str, Any],
+    state_save: dict[str, Any],
+    uptime_s: float,
+    config_path: str | None,
+    state_dir: str,
+) -> dict[str, Any]:
+    """`portierctl status`: the daemon at a glance."""
+    workers: dict[str, int] = {}
+    for handle in pool.handles.values():
+        workers[handle.state.value] = workers.get(handle.state.value, 0) + 1
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "uptime_s": round(uptime_s, 1),
+        "ready": ready,
+        "health": health,
+        "nested": topology.nested,
+        "loop_disable_s": topology.loop_disable_s,
+        "groups": len(topology.groups),
+        "interfaces": len(topology.interfaces),
+        "forwarding": sum(1 for i in topology.interfaces.values() if i.enabled),
+        "disabled": {
+            i.name: sorted(r.value for r in i.disable_reasons)
+            for i in topology.interfaces.values()
+            if not i.enabled
+        },
+        "neighbors": len(neighbors),
+        "workers": workers,
+        "frames": frame_totals(pool),
+        "fastpath": fastpath,
+        "state_save": state_save,
+        "config": config_path,
+        "state_dir": state_dir,
     }

@@ -4,7 +4,10 @@ One-for-one supervision: each bound interface has one worker process.  A worker 
 exits, or misses heartbeats, is restarted after an exponential backoff (0.1 s doubling
 up to 30 s; a worker that ran for a minute starts again from 0.1 s).  More than
 `intensity` restarts within `period_s` marks the interface FAILED: it is reported and
-left alone until an operator acts, never restarted in a tight loop.
+left alone until an operator acts, never restarted in a tight loop.  Signals go to the
+process the pool spawned, never to a pid a worker reports.  When the supervisor itself
+was not running for a while (stopped, starved), silence from the workers says nothing
+about them: the heartbeat deadlines start afresh instead of every worker being killed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 import time
@@ -28,6 +30,8 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
 HEARTBEAT_TIMEOUT_S = 5.0
+# Heartbeat checks come every tick (0.5 s); a gap this long means the supervisor stalled.
+STALL_S = 2.5
 
 
 class WorkerState(StrEnum):
@@ -43,7 +47,8 @@ class WorkerHandle:
     interface: str
     state: WorkerState = WorkerState.STOPPED
     process: asyncio.subprocess.Process | None = None
-    pid: int = 0
+    pid: int = 0  # of the process the pool spawned
+    reported_pid: int = 0  # what the worker says in its hello (shown, never signalled)
     restarts: int = 0
     started_at: float = 0.0
     last_heartbeat: float = 0.0
@@ -72,6 +77,7 @@ class WorkerPool:
         intensity: int = 5,
         period_s: float = 60.0,
         command: list[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.command = command or [sys.executable, "-m", "portier.workers"]
         self.endpoint = endpoint
@@ -79,8 +85,11 @@ class WorkerPool:
         self.on_state = on_state
         self.intensity = intensity
         self.period_s = period_s
+        self.clock = clock
         self.handles: dict[str, WorkerHandle] = {}
         self.stopping = False
+        self.last_check: float | None = None
+        self.stalls = 0
 
     def _set(self, handle: WorkerHandle, state: WorkerState) -> None:
         if handle.state != state:
@@ -101,7 +110,7 @@ class WorkerPool:
             self.endpoint,
             *self.worker_args,
         ]
-        handle.started_at = time.monotonic()  # a failed exec counts as a short run
+        handle.started_at = self.clock()  # a failed exec counts as a short run
         try:
             process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
         except OSError as exc:
@@ -111,10 +120,11 @@ class WorkerPool:
         handle.process = process
         handle.pid = process.pid
         handle.seq = -1
-        handle.started_at = handle.last_heartbeat = time.monotonic()
+        handle.started_at = handle.last_heartbeat = self.clock()
         self._set(handle, WorkerState.STARTING)
         log.info("worker %s started, pid %d", interface, process.pid)
         handle.watch_task = asyncio.create_task(self._watch(handle, process))
+        handle.watch_task.add_done_callback(_log_failure)
         return handle
 
     async def _watch(self, handle: WorkerHandle, process: asyncio.subprocess.Process) -> None:
@@ -131,7 +141,7 @@ class WorkerPool:
         self._schedule_restart(handle)
 
     def _schedule_restart(self, handle: WorkerHandle) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - handle.started_at >= STABLE_AFTER_S:
             handle.backoff_s = BACKOFF_MIN_S
         while handle.restart_times and now - handle.restart_times[0] > self.period_s:
@@ -150,6 +160,7 @@ class WorkerPool:
         handle.backoff_s = min(BACKOFF_MAX_S, handle.backoff_s * 2)
         self._set(handle, WorkerState.BACKOFF)
         handle.restart_task = asyncio.create_task(self._restart_later(handle, delay))
+        handle.restart_task.add_done_callback(_log_failure)
 
     async def _restart_later(self, handle: WorkerHandle, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -161,13 +172,23 @@ class WorkerPool:
     def heard_from(self, interface: str) -> WorkerHandle | None:
         handle = self.handles.get(interface)
         if handle is not None:
-            handle.last_heartbeat = time.monotonic()
+            handle.last_heartbeat = self.clock()
         return handle
 
     def mark_running(self, handle: WorkerHandle) -> None:
         self._set(handle, WorkerState.RUNNING)
 
     def check_heartbeats(self, now: float) -> None:
+        last, self.last_check = self.last_check, now
+        if last is not None and now - last > STALL_S:
+            self.stalls += 1
+            log.warning(
+                "the supervisor did not run for %.1f s: worker heartbeat deadlines start afresh",
+                now - last,
+            )
+            for handle in self.handles.values():
+                handle.last_heartbeat = now
+            return
         for handle in self.handles.values():
             if (
                 handle.state in (WorkerState.STARTING, WorkerState.RUNNING)
@@ -183,7 +204,7 @@ class WorkerPool:
     def _kill(self, handle: WorkerHandle, signum: int) -> None:
         if handle.process is not None and handle.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(handle.pid, signum)
+                handle.process.send_signal(signum)
 
     async def stop(self, interface: str, timeout_s: float = 2.0) -> None:
         """Forget the interface's worker at once (a new one may start) and end it."""
@@ -218,3 +239,8 @@ class WorkerPool:
             await asyncio.gather(
                 *(h.process.wait() for h in live if h.process), return_exceptions=True
             )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("worker supervision task failed", exc_info=task.exception())

@@ -1,0 +1,143 @@
+"""What the supervisor does with each kind of message a worker sends.
+
+hello (the worker is up: its link facts, then its snapshot), heartbeat (its counters),
+resync (it lost a delta: a fresh snapshot), learned (neighbors, checked by the state),
+link (the kernel's view of its interface changed), loop (an RA revealed a loop), prefix
+(the upstream's on-link prefixes).  A worker speaks only for its own interface; the
+state refuses the rest.  Only messages from workers the pool spawned for interfaces
+still bound are heard.  This module never talks to the socket except through the
+channel, and never persists by itself except through the committer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from portier.supervisor.channel import WorkerChannel
+from portier.supervisor.commit import Committer
+from portier.supervisor.state import ProxyState
+from portier.supervisor.stats import SupervisorStats
+from portier.supervisor.workerpool import WorkerHandle, WorkerPool
+
+log = logging.getLogger("portier.supervisor")
+
+
+class WorkerReports:
+    def __init__(
+        self,
+        state: ProxyState,
+        pool: WorkerPool,
+        channel: WorkerChannel,
+        committer: Committer,
+        stats: SupervisorStats,
+        *,
+        on_connected: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state
+        self.pool = pool
+        self.channel = channel
+        self.committer = committer
+        self.stats = stats
+        self.on_connected = on_connected
+        self.clock = clock
+        self.handlers = {
+            "hello": self.on_hello,
+            "heartbeat": self.on_heartbeat,
+            "resync": self.on_resync,
+            "learned": self.on_learned,
+            "link": self.on_link,
+            "loop": self.on_loop,
+            "prefix": self.on_prefix,
+        }
+
+    async def handle(self, interface: str, message: dict[str, Any]) -> None:
+        handle = self.pool.heard_from(interface)
+        if handle is None or interface not in self.state.topology.interfaces:
+            return
+        handler = self.handlers.get(message["kind"])
+        if handler is not None:
+            await handler(handle, message)
+
+    async def on_hello(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        interface = handle.interface
+        if message["interface"] != interface:
+            return
+        # The reported pid is kept for display only: signals go to the spawned process.
+        handle.reported_pid = message["pid"]
+        self.pool.mark_running(handle)
+        changes = self.state.on_link(interface, message)
+        await self.channel.send_snapshot(handle)
+        await self.channel.broadcast(changes, exclude=interface)
+        self.on_connected()
+
+    async def on_heartbeat(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        handle.counters = message.get("counters", {})
+        handle.drops = message.get("drops", {})
+        handle.histograms = message.get("histograms", {})
+
+    async def on_resync(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        await self.channel.send_snapshot(handle)
+
+    async def on_learned(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        interface = handle.interface
+        changes, accepted = self.state.on_learned(interface, message["neighbors"])
+        if not accepted:
+            return
+        self.committer.neighbors_dirty = True
+        self.committer.fastpath_dirty = True
+        await self.channel.broadcast(changes, exclude=interface)
+        for entry in accepted:
+            self.stats.learned[entry.group] += 1
+            self.committer.publish(
+                "neighbor",
+                change="learned",
+                group=entry.group,
+                address=entry.address,
+                interface=entry.interface,
+                mac=entry.mac,
+                router=entry.is_router,
+            )
+
+    async def on_link(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        interface = handle.interface
+        await self.channel.broadcast(self.state.on_link(interface, message))
+        await self.committer.sync_fastpath()  # a re-created interface has a new ifindex
+        self.committer.publish(
+            "state", op="link", interface=interface, up=message["up"], ifindex=message["ifindex"]
+        )
+
+    async def on_loop(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        interface = handle.interface
+        if message["interface"] != interface:
+            return
+        topology = self.state.topology
+        log.warning("loop detected on %s; disabled for %.0f s", interface, topology.loop_disable_s)
+        changes = self.state.on_loop(interface, message["group"], self.clock())
+        if not changes:
+            return
+        self.stats.loops[interface] += 1
+        await self.channel.broadcast(changes)
+        await self.committer.sync_fastpath()  # stop forwarding to it at once
+        await self.committer.save()
+        self.committer.publish(
+            "loop",
+            interface=interface,
+            group=message["group"],
+            disabled_for_s=topology.loop_disable_s,
+        )
+
+    async def on_prefix(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        interface = handle.interface
+        self.committer.fastpath_dirty = True
+        changes = self.state.on_prefix(
+            interface,
+            message["group"],
+            bytes(message["prefix"]),
+            message["length"],
+            message["valid_until"],
+        )
+        await self.channel.broadcast(changes, exclude=interface)
