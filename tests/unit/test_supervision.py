@@ -111,3 +111,74 @@ def test_abstract_notify_socket():
     listener.bind("\0" + name[1:])
     assert Notifier(name).status("hello")
     assert listener.recv(64) == b"STATUS=hello"
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)", "--"]
+
+
+def test_a_missed_heartbeat_kills_the_spawned_process_not_a_reported_pid():
+    async def scenario() -> None:
+        decoy = await asyncio.create_subprocess_exec(*SLEEPER[:-1])
+        pool = WorkerPool(
+            "ipc:///nonexistent", worker_args=[], on_state=lambda h: None, command=SLEEPER
+        )
+        try:
+            handle = await pool.start("eth0")
+            spawned = handle.process
+            assert spawned is not None
+            # Whatever pid the worker claims (a hello is untrusted), the spawned one is hit.
+            handle.pid = decoy.pid
+            for step in range(12):  # ticks every 0.5 s, no word from the worker
+                pool.check_heartbeats(handle.last_heartbeat + 0.5 * (step + 1))
+            assert await asyncio.wait_for(spawned.wait(), 5) == -9
+            assert decoy.returncode is None, "the reported pid was killed"
+        finally:
+            decoy.kill()
+            await decoy.wait()
+            await pool.stop_all(timeout_s=2)
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_supervisor_resets_heartbeat_deadlines_instead_of_killing():
+    async def scenario() -> None:
+        clock = FakeClock()
+        pool = WorkerPool(
+            "ipc:///nonexistent",
+            worker_args=[],
+            on_state=lambda h: None,
+            command=SLEEPER,
+            clock=clock,
+        )
+        try:
+            handle = await pool.start("eth0")
+            process = handle.process
+            assert process is not None
+            for _ in range(4):  # normal ticks, the worker heard from each second
+                clock.now += 0.5
+                pool.check_heartbeats(clock.now)
+                pool.heard_from("eth0")
+            clock.now += 20.0  # SIGSTOP for 20 s, then SIGCONT: the next tick is late
+            pool.check_heartbeats(clock.now)
+            assert process.returncode is None and pool.stalls == 1
+            for _ in range(8):  # 4 s more of silence is still within the timeout
+                clock.now += 0.5
+                pool.check_heartbeats(clock.now)
+            await asyncio.sleep(0.2)
+            assert process.returncode is None, "killed after the supervisor's own stall"
+            for _ in range(4):  # but a worker that stays silent is still hung
+                clock.now += 0.5
+                pool.check_heartbeats(clock.now)
+            assert await asyncio.wait_for(process.wait(), 5) == -9
+        finally:
+            await pool.stop_all(timeout_s=2)
+
+    asyncio.run(scenario())
