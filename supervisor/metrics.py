@@ -238,10 +238,14 @@ class PortierCollector:
         interfaces = GaugeMetricFamily(
             "portier_interfaces", "Bound interfaces", labels=["group", "role"]
         )
+        roles: dict[tuple[str, str], int] = {}
         for interface in topology.interfaces.values():
             owner = topology.groups.get(interface.group) if interface.group else None
             role = "upstream" if owner and owner.upstream == interface.name else "member"
-            interfaces.add_metric([interface.group or "", role], 1)
+            key = (interface.group or "", role)
+            roles[key] = roles.get(key, 0) + 1
+        for (group_name, role), count in sorted(roles.items()):
+            interfaces.add_metric([group_name, role], count)
         yield interfaces
 
         fast = sup.fastpath.view()

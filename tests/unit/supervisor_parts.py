@@ -79,6 +79,7 @@ def committer_for(
     fastpath: RecordingFastPath | None = None,
     saver: ScriptedSaver | None = None,
     broadcast: Broadcasts | None = None,
+    clock: Any = None,
 ) -> Committer:
     return Committer(
         state,
@@ -87,4 +88,5 @@ def committer_for(
         saver=saver or ScriptedSaver(),
         events=EventPublisher(),
         applied_config=lambda: {"groups": []},
+        **({"clock": clock} if clock else {}),
     )

@@ -1,0 +1,187 @@
+"""The worker channel and the reports, over a real ZeroMQ ipc pair: a worker's side in the test."""
+
+import asyncio
+import os
+
+import pytest
+import zmq
+import zmq.asyncio
+from supervisor_parts import committer_for, lan_config
+
+from portier import schema
+from portier.supervisor.channel import WorkerChannel
+from portier.supervisor.reports import WorkerReports
+from portier.supervisor.state import ProxyState
+from portier.supervisor.stats import SupervisorStats
+from portier.supervisor.workerpool import WorkerHandle, WorkerPool, WorkerState
+
+MAC = b"\x02\x00\x00\x00\x01\x01"
+
+
+def hello(interface: str, pid: int) -> dict:
+    return {
+        "kind": "hello",
+        "interface": interface,
+        "pid": pid,
+        "ifindex": 7,
+        "mac": MAC,
+        "mtu": 1500,
+        "addresses": [],
+        "up": True,
+    }
+
+
+class Rig:
+    """The supervisor's channel bound on ipc, and one DEALER per worker interface."""
+
+    def __init__(self, tmp_path) -> None:
+        self.context = zmq.asyncio.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.endpoint = f"ipc://{tmp_path}/workers.sock"
+        self.router.bind(self.endpoint)
+        config = lan_config(tmp_path)
+        self.state = ProxyState(config)
+        self.state.apply_config_groups(config)
+        self.pool = WorkerPool(self.endpoint, worker_args=[], on_state=lambda h: None)
+        for name in ("up0", "vm1", "vm2"):
+            # As if spawned: the pool knows the interface, no process needed to talk.
+            self.pool.handles[name] = WorkerHandle(name, state=WorkerState.STARTING)
+        self.channel = WorkerChannel(self.router, self.state, self.pool)
+        self.committer = committer_for(self.state)
+        self.stats = SupervisorStats()
+        self.connected = 0
+        self.reports = WorkerReports(
+            self.state,
+            self.pool,
+            self.channel,
+            self.committer,
+            self.stats,
+            on_connected=self._connected,
+        )
+        self.dealers: dict[str, zmq.asyncio.Socket] = {}
+
+    def _connected(self) -> None:
+        self.connected += 1
+
+    def worker(self, interface: str) -> zmq.asyncio.Socket:
+        dealer = self.context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IDENTITY, interface.encode())
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(self.endpoint)
+        self.dealers[interface] = dealer
+        return dealer
+
+    async def receive(self, dealer: zmq.asyncio.Socket) -> dict:
+        raw = await asyncio.wait_for(dealer.recv(), 5)
+        return schema.decode_worker(raw)
+
+    def close(self) -> None:
+        for dealer in self.dealers.values():
+            dealer.close(0)
+        self.router.close(0)
+        self.context.term()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    rig = Rig(tmp_path)
+    yield rig
+    rig.close()
+
+
+def test_hello_gets_a_snapshot_and_the_reported_pid_is_never_the_signalled_one(rig):
+    async def scenario() -> dict:
+        loop = asyncio.create_task(rig.channel.receive(rig.reports.handle))
+        vm1 = rig.worker("vm1")
+        handle = rig.pool.handles["vm1"]
+        handle.pid = 4242  # the pid the pool spawned
+        await vm1.send(schema.encode(hello("vm1", os.getpid())))
+        snapshot = await rig.receive(vm1)
+        loop.cancel()
+        return snapshot
+
+    snapshot = asyncio.run(scenario())
+    handle = rig.pool.handles["vm1"]
+    assert snapshot["kind"] == "snapshot" and snapshot["seq"] == 0
+    assert handle.state == WorkerState.RUNNING and handle.connected
+    assert handle.pid == 4242 and handle.reported_pid == os.getpid()
+    assert rig.state.topology.interfaces["vm1"].ifindex == 7 and rig.connected == 1
+
+
+def test_malformed_messages_cost_only_themselves(rig):
+    async def scenario() -> dict:
+        loop = asyncio.create_task(rig.channel.receive(rig.reports.handle))
+        vm1 = rig.worker("vm1")
+        await vm1.send(b"\xc1 not msgpack")
+        await vm1.send(schema.encode({"kind": "no-such-kind"}))
+        await vm1.send(schema.encode({**hello("vm1", 1), "mac": 5}))  # wrong type
+        await vm1.send_multipart([b"extra", b"frames"])
+        await vm1.send(schema.encode(hello("vm1", 1)))
+        reply = await rig.receive(vm1)
+        assert not loop.done()
+        loop.cancel()
+        return reply
+
+    assert asyncio.run(scenario())["kind"] == "snapshot"
+
+
+def test_a_worker_speaks_only_for_itself(rig):
+    async def scenario() -> None:
+        loop = asyncio.create_task(rig.channel.receive(rig.reports.handle))
+        intruder = rig.worker("vm1")
+        await intruder.send(schema.encode(hello("vm2", 1)))  # claims another interface
+        stranger = rig.worker("eth9")  # not bound, never spawned
+        await stranger.send(schema.encode(hello("eth9", 1)))
+        await intruder.send(schema.encode(hello("vm1", 1)))
+        assert (await rig.receive(intruder))["kind"] == "snapshot"
+        loop.cancel()
+
+    asyncio.run(scenario())
+    assert rig.pool.handles["vm2"].state == WorkerState.STARTING
+    assert "eth9" not in rig.pool.handles
+
+
+def test_an_unexpected_error_ends_the_receive_loop_for_its_supervisor(rig):
+    async def broken(interface: str, message: dict) -> None:
+        raise RuntimeError("bug in a handler")
+
+    async def scenario() -> None:
+        loop = asyncio.create_task(rig.channel.receive(broken))
+        vm1 = rig.worker("vm1")
+        await vm1.send(schema.encode(hello("vm1", 1)))
+        with pytest.raises(RuntimeError, match="bug in a handler"):
+            await asyncio.wait_for(loop, 5)
+
+    asyncio.run(scenario())
+
+
+def test_learned_neighbors_are_relayed_to_the_others_and_marked_for_saving(rig):
+    async def scenario() -> list[dict]:
+        loop = asyncio.create_task(rig.channel.receive(rig.reports.handle))
+        sockets = {name: rig.worker(name) for name in ("up0", "vm1")}
+        for name, sock in sockets.items():
+            await sock.send(schema.encode(hello(name, 1)))
+            assert (await rig.receive(sock))["kind"] == "snapshot"
+        neighbor = {
+            "group": "lan",
+            "address": bytes(range(16)),
+            "interface": "vm1",
+            "mac": MAC,
+            "is_router": False,
+            "first_seen": 1.0,
+            "last_seen": 1.0,
+            "reachable_until": 31.0,
+        }
+        await sockets["vm1"].send(schema.encode({"kind": "learned", "neighbors": [neighbor]}))
+        received = []
+        while not any(c["op"] == "neighbor" for m in received for c in m.get("changes", [])):
+            received.append(await rig.receive(sockets["up0"]))  # vm1's link facts come first
+        loop.cancel()
+        return received
+
+    deltas = asyncio.run(scenario())
+    assert [m["seq"] for m in deltas] == list(range(1, len(deltas) + 1))  # no gap
+    assert deltas[-1]["changes"][0]["neighbor"]["address"] == bytes(range(16))
+    assert rig.committer.neighbors_dirty and rig.committer.fastpath_dirty
+    assert rig.stats.learned["lan"] == 1
