@@ -479,3 +479,29 @@ def test_tcp_control_needs_an_authorized_curve_key(make_lab):
     assert refused.returncode == 3 and "refused this client" in refused.stderr
     plain = over_tcp(None)
     assert plain.returncode == 1 and "TCP control needs CURVE keys" in plain.stderr
+
+
+def test_reload_turns_the_fast_path_off_and_on_again(make_lab):
+    lab = make_lab(guests=1, radvd=False)
+    daemon = Daemon(lab, extra="[fastpath]\nenabled = true").start()
+    wait_for(lambda: daemon.call("status")["fastpath"]["active"], 10, "fast path on")
+    status = daemon.call("status")
+    assert status["ready"]
+    assert set(status["health"]["loops"]) == {"worker_channel", "timers", "control", "zap"}
+    assert all(loop["healthy"] for loop in status["health"]["loops"].values())
+
+    def table_exists() -> bool:
+        result = lab.ns(lab.proxy, "nft", "list", "table", "netdev", "portier", check=False)
+        return result.returncode == 0
+
+    assert table_exists()
+    on = daemon.config.read_text()
+    daemon.config.write_text(on.replace("enabled = true", "enabled = false"))
+    assert daemon.call("reload")["changes"] == {"fastpath": "off"}
+    text = daemon.ctl("status", json_output=False, check=True).stdout
+    assert "fast path off (disabled by configuration)" in text.splitlines()
+    assert not table_exists()
+    daemon.config.write_text(on)
+    assert daemon.call("reload")["changes"] == {"fastpath": "on"}
+    wait_for(lambda: daemon.call("status")["fastpath"]["active"], 10, "fast path on again")
+    assert table_exists()
