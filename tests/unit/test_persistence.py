@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,6 @@ def saved_state(state_dir: Path) -> Path:
         topology.add_to_group(name, "lan", upstream=name == "up0")
         topology.update_link(name, ifindex=7, mac=mac, mtu=1500)
     neighbors = NeighborCache()
-    import time
-
     now = time.monotonic()
     neighbors.put(
         Neighbor("lan", ADDRESS, "vm1", b"\x02\x00\x00\x00\x00\x42", False, now, now, now + 30)
@@ -120,9 +119,7 @@ MALFORMED = {
     "mtu a string": set_in(vm1, "mtu", "1500"),
     "member not bound": set_in(lan_group, "members", ["up0", "vm1", "ghost"]),
     "upstream not a member": set_in(lan_group, "upstream", "vm1x"),
-    "prefix length out of range": set_in(
-        lan_group, "onlink_prefixes", [[ADDRESS, 300, None]]
-    ),
+    "prefix length out of range": set_in(lan_group, "onlink_prefixes", [[ADDRESS, 300, None]]),
     "loop disable not a number": set_in(vm1, "loop_disabled_until", "soon"),
     "topology without groups": drop(lambda d: d["topology"], "groups"),
     # neighbors
@@ -217,8 +214,6 @@ def test_saves_are_serialized_and_coalesced(tmp_path, monkeypatch):
         running += 1
         overlapped.append(running)
         try:
-            import time
-
             time.sleep(0.05)  # a slow disk: the window a second write would overlap in
             original(path, data)
             writes.append(data)
