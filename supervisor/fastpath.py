@@ -13,17 +13,27 @@ router, as the engine does.  A miss leaves the frame to the workers (hold, solic
 Programming is a diff between what the state wants and what was last programmed, applied
 as one `nft -j -f -` transaction; an element whose neighbor changed keeps its map entry
 and gets its chain rewritten (`fwd to` stores an ifindex, so a re-created interface must
-be rewritten too).  When a batch fails the table is rebuilt whole; when that fails too,
-or nft is missing, the fast path turns itself off and the workers forward everything.
+be rewritten too).  When a batch fails the table is rebuilt whole.  When that fails too,
+or nft cannot be run at all, the fast path turns itself off with the reason, removes the
+table (over netlink when nft itself is what fails) so that nothing stale forwards, and
+the workers forward everything; it is retried with exponential backoff and rebuilt whole
+from the state once nft works again.  Every transaction of one FastPath holds its lock, so
+callers may call concurrently.  Its public coroutines never raise: a fast path that fails
+costs speed, never the supervisor's loops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +45,11 @@ log = logging.getLogger("portier.supervisor")
 
 TABLE = "portier"
 FAMILY = "netdev"
+NFPROTO_NETDEV = 5  # nf_tables' number for the netdev family
+NFT_TIMEOUT_S = 10.0  # an nft that takes longer is treated as one that cannot run
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+CHECK_INTERVAL_S = 10.0
 ND_TYPES = [
     "nd-router-solicit",
     "nd-router-advert",
@@ -124,101 +139,304 @@ def desired_state(topology: Topology, neighbors: NeighborCache, now: float) -> D
     return want
 
 
+class NftUnusable(Exception):
+    """nft could not be run at all (missing, not executable) or never finished."""
+
+
+@dataclass(frozen=True)
+class KernelView:
+    """What one listing of the table says: map elements, chains, forwarded packets."""
+
+    elements: dict[str, set[str]]
+    chains: set[str]
+    packets: int
+
+
+def read_listing(text: str) -> KernelView:
+    """Parse `nft -j list table`'s output (run off the event loop: it can be large)."""
+    items = json.loads(text).get("nftables", [])
+    elements: dict[str, set[str]] = {}
+    chains: set[str] = set()
+    packets = 0
+    for item in items:
+        if "map" in item:
+            elements[item["map"]["name"]] = {
+                str(element[0]) for element in item["map"].get("elem", [])
+            }
+        elif "chain" in item:
+            chains.add(item["chain"]["name"])
+        elif "rule" in item:
+            for expression in item["rule"].get("expr", []):
+                if isinstance(expression, dict) and expression.get("counter"):
+                    packets += int(expression["counter"].get("packets", 0))
+    return KernelView(elements, chains, packets)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "no message")
+
+
 class FastPath:
-    def __init__(self, *, enabled: bool = True, nft: str = "nft") -> None:
+    """The `portier` table of one network namespace, kept equal to the state while nft works.
+
+    `active` says whether the kernel forwards now; when it does not, `reason` says why and
+    `retry_at` (monotonic, the clock of the `now` arguments) when it is tried again.
+    """
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        nft: str = "nft",
+        kernel_cleanup: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`kernel_cleanup`: when nft cannot run, delete the table over netlink instead, in
+        this process's network namespace (off only for a test whose nft runs elsewhere).
+        `clock` is only read by `view()`, for the time left until the next retry."""
+        self.nft_name = nft
         self.nft = shutil.which(nft)
-        self.enabled = enabled and self.nft is not None
-        self.reason = (
-            "disabled by configuration"
-            if not enabled
-            else "nft not found"
-            if self.nft is None
-            else ""
-        )
-        self.programmed = Desired()
+        self.enabled = enabled
+        self.kernel_cleanup = kernel_cleanup
+        self.clock = clock
         self.active = False
-        self.stats = {"transactions": 0, "failures": 0, "rebuilds": 0, "repairs": 0}
+        self.reason = "" if enabled else "disabled by configuration"
+        self.programmed = Desired()
+        self.kernel_packets = 0
+        self.retry_at: float | None = None
+        self.backoff_s = RETRY_FIRST_S
+        self.next_check: float | None = None
+        self.stats = {
+            "transactions": 0,
+            "failed_transactions": 0,
+            "failures": 0,
+            "rebuilds": 0,
+            "repairs": 0,
+        }
+        self._lock = asyncio.Lock()
 
     # --- running nft ---------------------------------------------------------------------
 
     async def _run(self, commands: list[dict[str, Any]] | None, *args: str) -> tuple[bool, str]:
-        assert self.nft is not None
+        """(True, stdout) or (False, nft's error text); NftUnusable when nft cannot run."""
+        if self.nft is None:
+            raise NftUnusable("nft not found")
         argv = [self.nft, "-j", *args] if commands is None else [self.nft, "-j", "-f", "-"]
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise NftUnusable(f"cannot run {self.nft}: {exc.strerror or exc}") from None
         data = None if commands is None else json.dumps({"nftables": commands}).encode()
-        out, err = await process.communicate(data)
+        try:
+            out, err = await asyncio.wait_for(process.communicate(data), NFT_TIMEOUT_S)
+        except TimeoutError:
+            raise NftUnusable(f"{self.nft} did not finish within {NFT_TIMEOUT_S:.0f} s") from None
+        finally:
+            if process.returncode is None:  # timed out or cancelled: never leave it behind
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
         if process.returncode != 0:
-            return False, err.decode(errors="replace").strip()
+            error = err.decode(errors="replace").strip()
+            return False, error or f"nft exited with status {process.returncode}"
         return True, out.decode(errors="replace")
 
-    async def _apply(self, commands: list[dict[str, Any]]) -> bool:
+    async def _apply(self, commands: list[dict[str, Any]]) -> str | None:
+        """Apply one batch; None when it went in, else nft's complaint."""
         if not commands:
-            return True
+            return None
         self.stats["transactions"] += 1
         ok, error = await self._run(commands)
-        if not ok:
-            self.stats["failures"] += 1
-            log.warning("fast path transaction failed: %s", error)
-        return ok
+        if ok:
+            return None
+        self.stats["failed_transactions"] += 1
+        log.warning("fast path transaction failed: %s", error)
+        return error
+
+    @staticmethod
+    def _rebuild_commands(want: Desired) -> list[dict[str, Any]]:
+        # `add table` succeeds whether or not it exists, so the delete always has a table.
+        table = {"table": {"family": FAMILY, "name": TABLE}}
+        return [
+            {"add": table},
+            {"delete": table},
+            *FastPath._diff(Desired(), want, create_table=True),
+        ]
+
+    async def _rebuild(self, topology: Topology, neighbors: NeighborCache, now: float) -> bool:
+        """Replace the whole table by what the state wants; off (False) when nft refuses."""
+        want = desired_state(topology, neighbors, now)
+        error = await self._apply(self._rebuild_commands(want))
+        if error is None:
+            self.programmed = want
+            return True
+        self.programmed = Desired()
+        await self._delete_table()  # a half-built table must not forward
+        self._fail(f"nftables rejected the ruleset: {_first_line(error)}", now)
+        return False
+
+    async def _delete_table(self) -> None:
+        table = {"table": {"family": FAMILY, "name": TABLE}}
+        await self._apply([{"add": table}, {"delete": table}])
+
+    async def _delete_table_without_nft(self) -> None:
+        """nft itself fails: remove the table over netlink, so nothing stale forwards."""
+        if not self.kernel_cleanup:
+            return
+        try:
+            await asyncio.to_thread(_netlink_delete_table)
+        except Exception as exc:  # the kernel refused, or no nf_tables: nothing to remove
+            log.debug("removing the fast path table over netlink: %s", exc)
+
+    # --- failing and coming back ---------------------------------------------------------
+
+    def _fail(self, reason: str, now: float) -> None:
+        was_active = self.active
+        self.active = False
+        self.programmed = Desired()
+        self.stats["failures"] += 1
+        self.retry_at = now + self.backoff_s
+        level = logging.ERROR if was_active or reason != self.reason else logging.DEBUG
+        log.log(
+            level,
+            "fast path off: %s; the workers forward everything; retrying in %.0f s",
+            reason,
+            self.backoff_s,
+        )
+        self.reason = reason
+        self.backoff_s = min(self.backoff_s * 2, RETRY_MAX_S)
+
+    def _on(self, now: float) -> None:
+        again = self.reason != ""
+        self.active = True
+        self.reason = ""
+        self.retry_at = None
+        self.backoff_s = RETRY_FIRST_S
+        self.next_check = now + CHECK_INTERVAL_S
+        if again:
+            log.info("fast path on again: nftables table %s %s rebuilt", FAMILY, TABLE)
+        else:
+            log.info("fast path on: nftables table %s %s", FAMILY, TABLE)
+
+    async def _bring_up(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        """Build the table whole from the state (at start, on retry, when enabled)."""
+        if self.nft is None or not os.access(self.nft, os.X_OK):
+            # Installed or replaced since: look it up again, as at start.
+            self.nft = shutil.which(self.nft_name) or self.nft
+        if await self._rebuild(topology, neighbors, now):
+            self._on(now)
+
+    async def _guarded(self, what: str, now: float, step: Callable[[], Awaitable[None]]) -> None:
+        """Run one transaction step under the lock; any failure turns the fast path off."""
+        async with self._lock:
+            try:
+                await step()
+            except NftUnusable as exc:
+                await self._delete_table_without_nft()
+                self._fail(str(exc), now)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug here costs the fast path, never the caller
+                log.exception("fast path %s failed", what)
+                with contextlib.suppress(Exception):
+                    await self._delete_table()
+                self._fail(f"internal error: {exc!r}", now)
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Remove what a crashed run left, and check that nftables works here."""
+    async def start(
+        self,
+        topology: Topology | None = None,
+        neighbors: NeighborCache | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Replace what a crashed run left by the table the state wants."""
         if not self.enabled:
             log.info("fast path off: %s", self.reason)
             return
-        await self.remove()
-        if not await self._apply([{"add": {"table": {"family": FAMILY, "name": TABLE}}}]):
-            self._give_up("cannot create the nftables table")
-            return
-        self.active = True
-        self.programmed = Desired()
-        log.info("fast path on: nftables table %s %s", FAMILY, TABLE)
+        moment = time.monotonic() if now is None else now
+        topology = Topology() if topology is None else topology
+        neighbors = NeighborCache() if neighbors is None else neighbors
+        await self._guarded("start", moment, lambda: self._bring_up(topology, neighbors, moment))
 
     async def remove(self) -> None:
-        if self.nft is None:
-            return
-        ok, _ = await self._run(None, "list", "table", FAMILY, TABLE)
-        if ok:
-            await self._apply([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
-        self.active = False
-        self.programmed = Desired()
+        """Take the table out of the kernel (on stop); nothing is retried after this."""
 
-    def _give_up(self, reason: str) -> None:
+        async def step() -> None:
+            self.active = False
+            self.programmed = Desired()
+            self.retry_at = None
+            await self._delete_table()
+
+        if self.nft is not None:
+            await self._guarded("removal", time.monotonic(), step)
         self.active = False
-        self.enabled = False
-        self.reason = reason
-        log.error("fast path off: %s; the workers forward everything", reason)
+        self.retry_at = None
+
+    async def set_enabled(
+        self, enabled: bool, topology: Topology, neighbors: NeighborCache, now: float
+    ) -> None:
+        """Follow `[fastpath] enabled` on reload: off removes the table, on builds it."""
+        if enabled == self.enabled:
+            return
+        self.enabled = enabled
+        if not enabled:
+            await self.remove()
+            self.reason = "disabled by configuration"
+            self._reset_backoff()
+            log.info("fast path off: %s", self.reason)
+            return
+        self.reason = ""
+        self._reset_backoff()
+        await self._guarded("start", now, lambda: self._bring_up(topology, neighbors, now))
+
+    def _reset_backoff(self) -> None:
+        self.backoff_s = RETRY_FIRST_S
+        self.retry_at = None
 
     # --- programming ---------------------------------------------------------------------
 
     async def sync(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        """Program the difference between the state and the kernel; never raises."""
+        await self._guarded("transaction", now, lambda: self._sync(topology, neighbors, now))
+
+    async def _sync(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        if not self.enabled:
+            return
         if not self.active:
+            if self.retry_at is not None and now >= self.retry_at:
+                await self._bring_up(topology, neighbors, now)
             return
         want = desired_state(topology, neighbors, now)
-        if await self._apply(self._diff(self.programmed, want)):
+        if await self._apply(self._diff(self.programmed, want)) is None:
             self.programmed = want
             return
         self.stats["rebuilds"] += 1
-        rebuild = [
-            {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
-            *self._diff(Desired(), want, create_table=True),
-        ]
-        if await self._apply(rebuild):
-            self.programmed = want
-            return
-        await self.remove()
-        self._give_up("nftables rejected the ruleset")
+        await self._rebuild(topology, neighbors, now)
 
-    def _diff(
-        self, have: Desired, want: Desired, create_table: bool = False
-    ) -> list[dict[str, Any]]:
+    async def maintain(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        """The timer's call: retry when the backoff is due, check for drift every 10 s."""
+
+        async def step() -> None:
+            if not self.enabled:
+                return
+            if not self.active:
+                if self.retry_at is not None and now >= self.retry_at:
+                    await self._bring_up(topology, neighbors, now)
+                return
+            if self.next_check is None or now >= self.next_check:
+                await self._check(topology, neighbors, now)
+
+        await self._guarded("maintenance", now, step)
+
+    # --- the batches ----------------------------------------------------------------------
+
+    @staticmethod
+    def _diff(have: Desired, want: Desired, create_table: bool = False) -> list[dict[str, Any]]:
         commands: list[dict[str, Any]] = []
         if create_table:
             commands.append({"add": {"table": {"family": FAMILY, "name": TABLE}}})
@@ -267,7 +485,7 @@ class FastPath:
                 commands.append({"add": _obj("chain", name=chain)})
             else:
                 commands.append({"flush": _obj("chain", name=chain)})
-            commands += self._neighbor_rules(chain, rule)
+            commands += FastPath._neighbor_rules(chain, rule)
             if old is None:
                 commands.append(
                     {
@@ -299,7 +517,7 @@ class FastPath:
                 )
             else:
                 commands.append({"flush": _obj("chain", name=chain)})
-            commands += self._ingress_rules(chain, ingress)
+            commands += FastPath._ingress_rules(chain, ingress)
         return commands
 
     @staticmethod
@@ -386,73 +604,86 @@ class FastPath:
 
     # --- reading back --------------------------------------------------------------------
 
-    async def listing(self) -> list[dict[str, Any]] | None:
-        if not self.active:
-            return None
+    async def check(self, topology: Topology, neighbors: NeighborCache, now: float) -> int:
+        """Compare the kernel with what was programmed; repair and count any drift."""
+        drift = 0
+
+        async def step() -> None:
+            nonlocal drift
+            if self.enabled and self.active:
+                drift = await self._check(topology, neighbors, now)
+
+        await self._guarded("check", now, step)
+        return drift
+
+    async def _check(self, topology: Topology, neighbors: NeighborCache, now: float) -> int:
+        self.next_check = now + CHECK_INTERVAL_S
         ok, out = await self._run(None, "list", "table", FAMILY, TABLE)
         if not ok:
-            return None
-        try:
-            return json.loads(out).get("nftables", [])
-        except ValueError:
-            return None
+            log.warning("fast path table unreadable (%s): rebuilding", _first_line(out))
+            drift = 1  # gone, most likely: someone flushed the ruleset
+        else:
+            try:
+                kernel = await asyncio.to_thread(read_listing, out)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.warning("fast path listing unreadable (%r): rebuilding", exc)
+                drift = 1
+            else:
+                self.kernel_packets = kernel.packets
+                drift = self._drift(kernel)
+                if not drift:
+                    return 0
+                log.warning("fast path drifted from the state (%d differences): rebuilding", drift)
+        self.stats["repairs"] += 1
+        await self._rebuild(topology, neighbors, now)
+        return drift
 
-    async def check(self, topology: Topology, neighbors: NeighborCache, now: float) -> int:
-        """Compare the kernel's maps with the state; repair and count any drift."""
-        items = await self.listing()
-        if items is None:
-            return 0
-        kernel_elements: dict[str, set[str]] = {}
-        chains = set()
-        for item in items:
-            if "map" in item:
-                kernel_elements[item["map"]["name"]] = {
-                    str(element[0]) for element in item["map"].get("elem", [])
-                }
-            elif "chain" in item:
-                chains.add(item["chain"]["name"])
+    def _drift(self, kernel: KernelView) -> int:
         drift = 0
         for group in self.programmed.groups:
             expected = {
                 format_ipv6(address) for g, address in self.programmed.neighbors if g == group
             }
-            if kernel_elements.get(f"g_{_hex(group)}") != expected:
+            if kernel.elements.get(f"g_{_hex(group)}") != expected:
                 drift += 1
         expected_chains = {f"in_{_hex(n)}" for n in self.programmed.ingress} | {
             neighbor_chain(g, a) for g, a in self.programmed.neighbors
         }
-        if not expected_chains <= chains:
+        if not expected_chains <= kernel.chains:
             drift += 1
-        if drift:
-            self.stats["repairs"] += 1
-            log.warning("fast path drifted from the state (%d differences): rebuilding", drift)
-            self.programmed = Desired(groups={}, ingress={}, neighbors={})
-            await self._apply(
-                [
-                    {"delete": {"table": {"family": FAMILY, "name": TABLE}}},
-                    {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-                ]
-            )
-            await self.sync(topology, neighbors, now)
         return drift
 
     async def packets(self) -> int:
-        """Frames the kernel forwarded through the neighbor chains, in all."""
-        items = await self.listing()
-        total = 0
-        for item in items or []:
-            for expression in item.get("rule", {}).get("expr", []):
-                if expression.get("counter"):
-                    total += expression["counter"].get("packets", 0)
-        return total
+        """Frames the kernel forwarded through the neighbor chains, as of the last check."""
+        return self.kernel_packets
 
     def view(self) -> dict[str, Any]:
+        retry_in_s = None
+        if self.retry_at is not None and self.enabled and not self.active:
+            retry_in_s = max(0.0, round(self.retry_at - self.clock(), 3))
         return {
             "enabled": self.enabled,
             "active": self.active,
             "reason": self.reason,
+            "retry_in_s": retry_in_s,
+            "kernel_packets": self.kernel_packets,
             "groups": len(self.programmed.groups),
             "members": len(self.programmed.ingress),
             "neighbors": len(self.programmed.neighbors),
             **self.stats,
         }
+
+
+def _netlink_delete_table() -> None:
+    """Delete the table with nf_tables' own netlink call: for when nft cannot be run."""
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.nftables.main import NFTables
+
+    socket = NFTables(nfgen_family=NFPROTO_NETDEV)
+    try:
+        socket.table("del", name=TABLE)
+    except NetlinkError as exc:
+        if exc.code != errno.ENOENT:
+            raise
+    finally:
+        socket.close()
