@@ -44,12 +44,12 @@ from portier.supervisor.commit import Committer
 from portier.supervisor.configapply import ConfigApplier
 from portier.supervisor.control import TRANSPORT_MAX_BYTES, ControlServer
 from portier.supervisor.events import EventPublisher
+from portier.supervisor.fastpath import FastPath
 from portier.supervisor.health import Readiness
-from portier.supervisor.interim import FastPath, StateSaver, load_state
 from portier.supervisor.loops import LoopSupervisor
 from portier.supervisor.metrics import MetricSources, MetricsServer
 from portier.supervisor.operations import OperationParts
-from portier.supervisor.persistence import write_atomically
+from portier.supervisor.persistence import StateSaver, load_state, write_atomically
 from portier.supervisor.reports import WorkerReports
 from portier.supervisor.sdnotify import Notifier, watchdog_interval_s
 from portier.supervisor.state import ProxyState
@@ -270,6 +270,7 @@ class Supervisor:
         await self.channel.stop_workers()
         await self.pool.stop_all(timeout_s=3.0)
         await self.committer.save()
+        self.saver.close()
         await self.fastpath.remove()
         self.metrics.close()
         if self.zap is not None:
