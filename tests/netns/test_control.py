@@ -505,3 +505,45 @@ def test_reload_turns_the_fast_path_off_and_on_again(make_lab):
     assert daemon.call("reload")["changes"] == {"fastpath": "on"}
     wait_for(lambda: daemon.call("status")["fastpath"]["active"], 10, "fast path on again")
     assert table_exists()
+
+
+def test_an_operation_that_cannot_be_saved_applies_says_so_and_is_saved_later(make_lab):
+    lab = make_lab(guests=1, radvd=False)
+    daemon = Daemon(lab)
+    state_dir = daemon.workdir / "state"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(state_dir)], check=True
+    )
+    try:
+        daemon.start()
+        filler = state_dir / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            with pytest.raises(OSError, match="No space left"):
+                for _ in range(1000):  # 512 KiB, far more than the 64 KiB there are
+                    os.write(fd, b"\0" * 512)
+        finally:
+            os.close(fd)
+        result = daemon.ctl("group", "create", "extra", json_output=False)
+        assert result.returncode == 0, result.stderr
+        assert "state could not be saved: No space left on device" in result.stderr
+        assert "extra" in [g["name"] for g in daemon.call("groups")]  # applied all the same
+        text = daemon.ctl("status", json_output=False, check=True).stdout
+        line = next(ln for ln in text.splitlines() if ln.startswith("state not saved since "))
+        assert line.endswith(": No space left on device")
+        assert daemon.call("status")["state_save"]["failures"] >= 1
+        filler.unlink()
+        wait_for(lambda: daemon.call("status")["state_save"]["error"] is None, 10, "saved again")
+        text = daemon.ctl("status", json_output=False, check=True).stdout
+        assert "state not saved" not in text
+        daemon.stop()
+        again = Daemon(lab).start()  # what was applied while the disk was full came back
+        assert "extra" in [g["name"] for g in again.call("groups")]
+        again.stop()
+    finally:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+        if subprocess.run(["umount", str(state_dir)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(state_dir)], check=False)
