@@ -183,11 +183,17 @@ class LoopSupervisor:
             self.background_failures += 1
             log.error("background task %s failed", what, exc_info=exc)
 
-    async def stop(self) -> None:
-        """Cancel every loop and background task and wait for them to end."""
-        tasks = [*self._tasks.values(), *self._background]
-        for task in tasks:
+    async def stop(self, background_timeout_s: float = 5.0) -> None:
+        """Cancel every loop; let background tasks (a worker being stopped) finish first."""
+        loops = list(self._tasks.values())
+        for task in loops:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*loops, return_exceptions=True)
         for health in self.loops.values():
             health.running = False
+        pending = list(self._background)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=background_timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)

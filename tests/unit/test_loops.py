@@ -190,3 +190,21 @@ def test_background_failures_are_logged_not_lost(caplog):
     assert loops.background_failures == 1
     record = next(r for r in caplog.records if "stopping the worker for vm1" in r.getMessage())
     assert record.exc_info and record.exc_info[0] is KeyError
+
+
+def test_stop_lets_background_tasks_finish_and_cancels_the_late_ones():
+    async def scenario() -> tuple[list[str], bool]:
+        loops = LoopSupervisor(on_fatal=lambda code: None)
+        done: list[str] = []
+
+        async def quick() -> None:
+            await asyncio.sleep(0.05)
+            done.append("quick")
+
+        loops.start("timers", asyncio.Event().wait)
+        loops.background(quick(), "stopping a worker")
+        hung = loops.background(asyncio.Event().wait(), "hung")
+        await loops.stop(background_timeout_s=0.5)
+        return done, hung.cancelled()
+
+    assert run(scenario()) == (["quick"], True)
