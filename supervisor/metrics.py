@@ -252,6 +252,11 @@ class PortierCollector:
         active = GaugeMetricFamily("portier_fastpath_active", "1 while the kernel fast path is on")
         active.add_metric([], 1 if fast["active"] else 0)
         yield active
+        enabled = GaugeMetricFamily(
+            "portier_fastpath_enabled", "1 while the configuration asks for the kernel fast path"
+        )
+        enabled.add_metric([], 1 if fast.get("enabled") else 0)
+        yield enabled
         programmed = GaugeMetricFamily(
             "portier_fastpath_neighbors", "Neighbors forwarded to by the kernel"
         )

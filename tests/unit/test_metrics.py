@@ -101,3 +101,4 @@ def test_loop_health_and_saving_are_exported(tmp_path):
     assert ("portier_state_save_failures_total", ()) in samples
     assert ("portier_state_saved_timestamp_seconds", ()) in samples
     assert ("portier_fastpath_failures_total", ()) in samples
+    assert samples[("portier_fastpath_enabled", ())] == 1
