@@ -225,3 +225,24 @@ def test_hung_worker_is_killed_and_replaced(make_lab):
     status = Path(f"/proc/{old}/status")
     assert not status.exists() or "zombie" in status.read_text()  # it was killed
     assert lab.ping(lab.router, address, count=3).returncode == 0
+
+
+def test_a_stopped_supervisor_does_not_take_its_workers_for_hung(make_lab):
+    lab = make_lab(guests=1)
+    daemon = Daemon(lab).start()
+    guest = lab.guest_list[0]
+    address = lab.wait_slaac(guest)
+    lab.wait_ping(guest.name, ROUTER_ADDRESS)
+    before = {w["interface"]: (w["pid"], w["restarts"]) for w in daemon.call("workers")}
+    assert daemon.process is not None
+    # Longer than the heartbeat timeout (5 s), shorter than the workers' own patience.
+    os.kill(daemon.process.pid, signal.SIGSTOP)
+    try:
+        assert lab.ping(lab.router, address, count=8).returncode == 0  # the workers forward
+    finally:
+        os.kill(daemon.process.pid, signal.SIGCONT)
+    wait_for(lambda: daemon.call("status")["ready"], 10, "ready again")
+    time.sleep(6)  # a heartbeat timeout's worth after the stall: no kill may follow
+    after = {w["interface"]: (w["pid"], w["restarts"]) for w in daemon.call("workers")}
+    assert after == before
+    assert "heartbeat deadlines start afresh" in daemon.log_tail(5000)
