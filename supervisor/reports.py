@@ -66,10 +66,10 @@ class WorkerReports:
         interface = handle.interface
         if message["interface"] != interface:
             return
+        changes = self.state.on_link(interface, message)  # a malformed hello stops here
         # The reported pid is kept for display only: signals go to the spawned process.
         handle.reported_pid = message["pid"]
         self.pool.mark_running(handle)
-        changes = self.state.on_link(interface, message)
         await self.channel.send_snapshot(handle)
         await self.channel.broadcast(changes, exclude=interface)
         self.on_connected()
