@@ -3,8 +3,8 @@
 This module builds the parts and connects them, and owns nothing else: the worker
 channel (`channel`, `reports`), the worker pool, the authoritative state, the committer
 that replicates, programs, saves and announces every change, the timers, configuration
-application (restore and reload), readiness, the control servers, metrics and the event
-stream.  Every long-running task runs under the loop supervisor (`loops`): a loop that
+application (restore and reload), readiness, the sockets (`endpoints`), the control
+servers, metrics and the event stream.  Every long-running task runs under the loop supervisor (`loops`): a loop that
 fails is restarted with backoff, and one that cannot be is the daemon's exit with a
 non-zero status, so that systemd starts it afresh.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import faulthandler
 import json
@@ -26,23 +25,16 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-import zmq.auth
 
 from portier import __version__, logs
 from portier.config import DEFAULT_PATH, Config, ConfigError, load_config
 from portier.status import Status
 from portier.supervisor import operations
-from portier.supervisor.access import (
-    DOMAIN,
-    ZapHandler,
-    group_id,
-    load_authorized_keys,
-    secure_socket_file,
-)
 from portier.supervisor.channel import WorkerChannel
 from portier.supervisor.commit import Committer
 from portier.supervisor.configapply import ConfigApplier
-from portier.supervisor.control import TRANSPORT_MAX_BYTES, ControlServer
+from portier.supervisor.control import ControlServer
+from portier.supervisor.endpoints import WORKERS_SOCKET, Endpoints
 from portier.supervisor.events import EventPublisher
 from portier.supervisor.fastpath import FastPath
 from portier.supervisor.health import Readiness
@@ -60,8 +52,6 @@ from portier.supervisor.workerpool import WorkerHandle, WorkerPool
 
 log = logging.getLogger("portier.supervisor")
 
-WORKERS_SOCKET = "workers.sock"
-EVENTS_SOCKET = "events.sock"
 STATUS_FILE = "status.json"
 
 
@@ -76,11 +66,11 @@ class Supervisor:
         self.exit_code = 0
         self.stop_event = asyncio.Event()
         self.context = zmq.asyncio.Context()
-        self.workers_path = self.runtime_dir / WORKERS_SOCKET
+        self.endpoints = Endpoints(self.context, config)
         self.state = ProxyState(config)
         self.loops = LoopSupervisor(on_fatal=self._fatal)
         self.pool = WorkerPool(
-            f"ipc://{self.workers_path}",
+            f"ipc://{self.runtime_dir / WORKERS_SOCKET}",
             worker_args=[
                 "--neighbor-capacity",
                 str(config.neighbor_capacity),
@@ -154,8 +144,6 @@ class Supervisor:
                 control_servers=self.control_servers,
             )
         )
-        self.zap: ZapHandler | None = None
-        self.sockets: list[zmq.asyncio.Socket] = []
 
     @property
     def config(self) -> Config:
@@ -166,7 +154,9 @@ class Supervisor:
     async def run(self) -> int:
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.applier.restore()
-        self._bind_sockets()
+        self.events.socket = self.endpoints.bind(
+            self.channel.socket, self.dispatch, self.control_servers
+        )
         await self.fastpath.start(self.state.topology, self.state.neighbors, time.monotonic())
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -198,72 +188,16 @@ class Supervisor:
         return self.exit_code
 
     def _start_loops(self) -> None:
-        assert self.zap is not None
+        assert self.endpoints.zap is not None
         self.loops.start("worker_channel", lambda: self.channel.receive(self.reports.handle))
         self.loops.start("timers", self.timers.run, beat_within_s=BEAT_WITHIN_S)
-        self.loops.start("zap", self.zap.serve)
+        self.loops.start("zap", self.endpoints.zap.serve)
         for name, server in zip(("control", "control_tcp"), self.control_servers, strict=False):
             self.loops.start(name, server.serve)
 
     def _fatal(self, exit_code: int) -> None:
         self.exit_code = exit_code
         self.stop_event.set()
-
-    def _bind_sockets(self) -> None:
-        config = self.config
-        gid = group_id(config.control_group)
-        if gid is None:
-            log.warning(
-                "control group %s does not exist: only root may use the control socket",
-                config.control_group,
-            )
-        authorized = (
-            load_authorized_keys(config.curve_authorized_keys)
-            if config.curve_authorized_keys
-            else set()
-        )
-        self.zap = ZapHandler(self.context, gid, authorized)
-        channel = self.channel.socket
-        channel.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        channel.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        channel.setsockopt(zmq.LINGER, 0)
-        self._bind_ipc(channel, self.workers_path, None)
-
-        control = self.context.socket(zmq.ROUTER)
-        control.setsockopt(zmq.LINGER, 0)
-        control.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)
-        control.setsockopt(zmq.ZAP_DOMAIN, DOMAIN)
-        self._bind_ipc(control, config.control_path, gid)
-        self.sockets.append(control)
-        self.control_servers.append(ControlServer(control, self.dispatch))
-        if config.control_tcp:
-            assert config.curve_secret_key is not None
-            public, secret = zmq.auth.load_certificate(str(config.curve_secret_key))
-            tcp = self.context.socket(zmq.ROUTER)
-            tcp.setsockopt(zmq.LINGER, 0)
-            tcp.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)
-            tcp.setsockopt(zmq.ZAP_DOMAIN, DOMAIN)
-            tcp.curve_server = True
-            tcp.curve_publickey, tcp.curve_secretkey = public, secret
-            tcp.bind(config.control_tcp)
-            self.sockets.append(tcp)
-            self.control_servers.append(ControlServer(tcp, self.dispatch))
-            log.info("control also on %s (CURVE)", config.control_tcp)
-
-        events = self.context.socket(zmq.PUB)
-        events.setsockopt(zmq.LINGER, 0)
-        events.setsockopt(zmq.SNDHWM, 10_000)
-        events.setsockopt(zmq.ZAP_DOMAIN, DOMAIN)
-        self._bind_ipc(events, self.runtime_dir / EVENTS_SOCKET, gid)
-        self.events.socket = events
-        self.sockets.append(events)
-
-    def _bind_ipc(self, sock: zmq.asyncio.Socket, path: Path, gid: int | None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # left by a daemon that was killed
-        sock.bind(f"ipc://{path}")
-        secure_socket_file(path, gid)
 
     async def shutdown(self) -> None:
         self.readiness.notifier.stopping()
@@ -273,19 +207,8 @@ class Supervisor:
         self.saver.close()
         await self.fastpath.remove()
         self.metrics.close()
-        if self.zap is not None:
-            self.zap.close()
-        for sock in [self.channel.socket, *self.sockets]:
-            sock.close(linger=0)
+        self.endpoints.close(also_remove=[self.runtime_dir / STATUS_FILE])
         self.context.term()
-        for path in (
-            self.workers_path,
-            self.config.control_path,
-            self.runtime_dir / EVENTS_SOCKET,
-            self.runtime_dir / STATUS_FILE,
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
         self.readiness.notifier.close()
 
     # --- control and views -----------------------------------------------------------------
