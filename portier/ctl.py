@@ -161,6 +161,15 @@ def state_save_line(state_save: dict[str, Any]) -> str | None:
     return f"state not saved since {when}: {error}"
 
 
+def readiness_word(result: dict[str, Any]) -> str:
+    if result["ready"]:
+        return "ready"
+    loops = (result.get("health") or {}).get("loops") or {}
+    return (
+        "not ready" if any(not loop.get("healthy", True) for loop in loops.values()) else "starting"
+    )
+
+
 def health_lines(health: dict[str, Any]) -> list[str]:
     lines = []
     for name, loop in sorted((health.get("loops") or {}).items()):
@@ -178,7 +187,7 @@ def render(command: str, result: Any) -> str:
         workers = ", ".join(f"{n} {state}" for state, n in sorted(result["workers"].items()))
         lines = [
             f"portierd {result['version']} (pid {result['pid']}), up {result['uptime_s']} s,"
-            f" {'ready' if result['ready'] else 'starting'}",
+            f" {readiness_word(result)}",
             f"groups {result['groups']}, interfaces {result['interfaces']}"
             f" ({result['forwarding']} forwarding), neighbors {result['neighbors']}",
             f"workers: {workers or 'none'}",

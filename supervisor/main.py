@@ -4,9 +4,9 @@ This module builds the parts and connects them, and owns nothing else: the worke
 channel (`channel`, `reports`), the worker pool, the authoritative state, the committer
 that replicates, programs, saves and announces every change, the timers, configuration
 application (restore and reload), readiness, the sockets (`endpoints`), the control
-servers, metrics and the event stream.  Every long-running task runs under the loop supervisor (`loops`): a loop that
-fails is restarted with backoff, and one that cannot be is the daemon's exit with a
-non-zero status, so that systemd starts it afresh.
+servers, metrics and the event stream.  Every long-running task runs under the loop
+supervisor (`loops`): a loop that fails is restarted with backoff, and one that cannot
+be is the daemon's exit with a non-zero status, so that systemd starts it afresh.
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ def test_status_prints_every_line():
     assert "fast path off (nft not found)" in lines
     assert any(line.startswith("state not saved since ") for line in lines)
     assert any(line.startswith("unhealthy: supervisor loop control") for line in lines)
-    assert "starting" in lines[0]
+    assert lines[0].endswith(", not ready")
+    assert render("status", status(ready=False)).splitlines()[0].endswith(", starting")
     healthy = render("status", status()).splitlines()
     assert not any("unhealthy" in line or "not saved" in line for line in healthy)
