@@ -287,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     async def run() -> int:
         return await Supervisor(config, config_path=args.config, log_level=args.log_level).run()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except ConfigError as exc:  # found while binding: keys, authorized clients
+        print(f"portierd: invalid configuration: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
