@@ -33,7 +33,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,13 +152,35 @@ class KernelView:
     packets: int
 
 
+def _listing_items(text: str) -> Iterator[Any]:
+    """The items of `{"nftables": [item, ...]}`, decoded one at a time.
+
+    One `json.loads` of a large table is a single C call that holds the GIL throughout,
+    so a thread doing it would stall the event loop all the same; small calls let the
+    interpreter hand the GIL back to the loop between them.
+    """
+    decoder = json.JSONDecoder()
+    start = text.find("[", text.find('"nftables"'))
+    if start < 0:
+        raise ValueError("no nftables list in the listing")
+    index = start + 1
+    while True:
+        while index < len(text) and text[index] in " \t\r\n,":
+            index += 1
+        if index >= len(text):
+            raise ValueError("listing ends inside the list")
+        if text[index] == "]":
+            return
+        item, index = decoder.raw_decode(text, index)
+        yield item
+
+
 def read_listing(text: str) -> KernelView:
     """Parse `nft -j list table`'s output (run off the event loop: it can be large)."""
-    items = json.loads(text).get("nftables", [])
     elements: dict[str, set[str]] = {}
     chains: set[str] = set()
     packets = 0
-    for item in items:
+    for item in _listing_items(text):
         if "map" in item:
             elements[item["map"]["name"]] = {
                 str(element[0]) for element in item["map"].get("elem", [])
@@ -170,6 +192,27 @@ def read_listing(text: str) -> KernelView:
                 if isinstance(expression, dict) and expression.get("counter"):
                     packets += int(expression["counter"].get("packets", 0))
     return KernelView(elements, chains, packets)
+
+
+def drift_between(programmed: Desired, kernel: KernelView) -> int:
+    """How many of the programmed maps differ from the kernel's, plus one if chains are
+    missing (one sweep over every neighbor: run off the event loop too)."""
+    drift = 0
+    for group in programmed.groups:
+        expected = {format_ipv6(address) for g, address in programmed.neighbors if g == group}
+        if kernel.elements.get(f"g_{_hex(group)}") != expected:
+            drift += 1
+    expected_chains = {f"in_{_hex(n)}" for n in programmed.ingress} | {
+        neighbor_chain(g, a) for g, a in programmed.neighbors
+    }
+    if not expected_chains <= kernel.chains:
+        drift += 1
+    return drift
+
+
+def compare_listing(text: str, programmed: Desired) -> tuple[KernelView, int]:
+    kernel = read_listing(text)
+    return kernel, drift_between(programmed, kernel)
 
 
 def _first_line(text: str) -> str:
@@ -624,33 +667,18 @@ class FastPath:
             drift = 1  # gone, most likely: someone flushed the ruleset
         else:
             try:
-                kernel = await asyncio.to_thread(read_listing, out)
+                # `programmed` only changes under the lock, which this holds meanwhile.
+                kernel, drift = await asyncio.to_thread(compare_listing, out, self.programmed)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 log.warning("fast path listing unreadable (%r): rebuilding", exc)
                 drift = 1
             else:
                 self.kernel_packets = kernel.packets
-                drift = self._drift(kernel)
                 if not drift:
                     return 0
                 log.warning("fast path drifted from the state (%d differences): rebuilding", drift)
         self.stats["repairs"] += 1
         await self._rebuild(topology, neighbors, now)
-        return drift
-
-    def _drift(self, kernel: KernelView) -> int:
-        drift = 0
-        for group in self.programmed.groups:
-            expected = {
-                format_ipv6(address) for g, address in self.programmed.neighbors if g == group
-            }
-            if kernel.elements.get(f"g_{_hex(group)}") != expected:
-                drift += 1
-        expected_chains = {f"in_{_hex(n)}" for n in self.programmed.ingress} | {
-            neighbor_chain(g, a) for g, a in self.programmed.neighbors
-        }
-        if not expected_chains <= kernel.chains:
-            drift += 1
         return drift
 
     async def packets(self) -> int:
