@@ -233,6 +233,7 @@ class FastPath:
         nft: str = "nft",
         kernel_cleanup: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        nft_timeout_s: float = NFT_TIMEOUT_S,
     ) -> None:
         """`kernel_cleanup`: when nft cannot run, delete the table over netlink instead, in
         this process's network namespace (off only for a test whose nft runs elsewhere).
@@ -242,6 +243,7 @@ class FastPath:
         self.enabled = enabled
         self.kernel_cleanup = kernel_cleanup
         self.clock = clock
+        self.nft_timeout_s = nft_timeout_s
         self.active = False
         self.reason = "" if enabled else "disabled by configuration"
         self.programmed = Desired()
@@ -276,9 +278,10 @@ class FastPath:
             raise NftUnusable(f"cannot run {self.nft}: {exc.strerror or exc}") from None
         data = None if commands is None else json.dumps({"nftables": commands}).encode()
         try:
-            out, err = await asyncio.wait_for(process.communicate(data), NFT_TIMEOUT_S)
+            out, err = await asyncio.wait_for(process.communicate(data), self.nft_timeout_s)
         except TimeoutError:
-            raise NftUnusable(f"{self.nft} did not finish within {NFT_TIMEOUT_S:.0f} s") from None
+            limit = f"{self.nft_timeout_s:g} s"
+            raise NftUnusable(f"{self.nft} did not finish within {limit}") from None
         finally:
             if process.returncode is None:  # timed out or cancelled: never leave it behind
                 with contextlib.suppress(ProcessLookupError):
@@ -400,6 +403,7 @@ class FastPath:
         """Replace what a crashed run left by the table the state wants."""
         if not self.enabled:
             log.info("fast path off: %s", self.reason)
+            await self._remove()  # a table an earlier run left must not forward either
             return
         moment = time.monotonic() if now is None else now
         topology = Topology() if topology is None else topology
@@ -408,17 +412,21 @@ class FastPath:
 
     async def remove(self) -> None:
         """Take the table out of the kernel (on stop); nothing is retried after this."""
+        await self._remove()
 
-        async def step() -> None:
+    async def _remove(self) -> None:
+        async with self._lock:
             self.active = False
             self.programmed = Desired()
             self.retry_at = None
-            await self._delete_table()
-
-        if self.nft is not None:
-            await self._guarded("removal", time.monotonic(), step)
-        self.active = False
-        self.retry_at = None
+            try:
+                await self._delete_table()
+            except NftUnusable:
+                await self._delete_table_without_nft()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # on the way out: nothing more to do about it
+                log.exception("removing the fast path table failed")
 
     async def set_enabled(
         self, enabled: bool, topology: Topology, neighbors: NeighborCache, now: float
@@ -428,7 +436,7 @@ class FastPath:
             return
         self.enabled = enabled
         if not enabled:
-            await self.remove()
+            await self._remove()
             self.reason = "disabled by configuration"
             self._reset_backoff()
             log.info("fast path off: %s", self.reason)
