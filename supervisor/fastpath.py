@@ -280,16 +280,24 @@ class FastPath:
         try:
             out, err = await asyncio.wait_for(process.communicate(data), self.nft_timeout_s)
         except TimeoutError:
+            await self._kill(process)
             limit = f"{self.nft_timeout_s:g} s"
             raise NftUnusable(f"{self.nft} did not finish within {limit}") from None
-        finally:
-            if process.returncode is None:  # timed out or cancelled: never leave it behind
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()  # never leave it behind; the child watcher reaps it
+            raise
         if process.returncode != 0:
             error = err.decode(errors="replace").strip()
             return False, error or f"nft exited with status {process.returncode}"
         return True, out.decode(errors="replace")
+
+    @staticmethod
+    async def _kill(process: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 5.0)
 
     async def _apply(self, commands: list[dict[str, Any]]) -> str | None:
         """Apply one batch; None when it went in, else nft's complaint."""
