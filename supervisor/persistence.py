@@ -464,7 +464,11 @@ def _check_config(value: object) -> dict[str, Any]:
     if "nested" in config:
         _need(isinstance(config["nested"], bool), "config.nested", "must be true or false")
     if "loop_disable_seconds" in config:
-        _need(_is_number(config["loop_disable_seconds"]), "config.loop_disable_seconds", "nan")
+        _need(
+            _is_number(config["loop_disable_seconds"]),
+            "config.loop_disable_seconds",
+            "must be a finite number",
+        )
     return _plain(config)  # type: ignore[no-any-return]
 
 
