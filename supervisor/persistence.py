@@ -505,7 +505,8 @@ def _check_topology(value: object) -> dict[str, Any]:
         ifindex, mtu, mac = item["ifindex"], item["mtu"], item["mac"]
         _need(isinstance(ifindex, int) and not isinstance(ifindex, bool), where, "bad ifindex")
         _need(isinstance(mtu, int) and not isinstance(mtu, bool) and mtu > 0, where, "bad mtu")
-        _need(isinstance(mac, bytes) and len(mac) in (0, 6), where, "mac must be 6 bytes")
+        # Whatever link-layer address the kernel reported (MAX_ADDR_LEN is 32 bytes).
+        _need(isinstance(mac, bytes) and len(mac) <= 32, where, "bad link-layer address")
         addresses = _list(item["addresses"], f"{where}.addresses")
         _need(
             all(isinstance(a, bytes) and len(a) == 16 for a in addresses),

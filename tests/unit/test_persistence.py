@@ -112,7 +112,7 @@ def document_itself(d: dict[str, Any]) -> dict[str, Any]:
 MALFORMED = {
     # topology
     "interface mac not bytes": set_in(vm1, "mac", 5),
-    "interface mac wrong length": set_in(vm1, "mac", b"\x02\x00"),
+    "interface mac too long": set_in(vm1, "mac", bytes(33)),
     "interface in a group that does not exist": set_in(vm1, "group", "nosuch"),
     "interface name invalid": set_in(vm1, "name", "a/b"),
     "unknown disable reason": set_in(vm1, "disable_reasons", ["bored"]),
