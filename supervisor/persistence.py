@@ -223,7 +223,10 @@ class StateSaver:
             snapshot, number = self._latest, self._requested
             assert snapshot is not None
             loop = asyncio.get_running_loop()
-            write = loop.run_in_executor(self._writer, write_snapshot, self.path, snapshot)
+            try:
+                write = loop.run_in_executor(self._writer, write_snapshot, self.path, snapshot)
+            except RuntimeError:  # closed: the daemon is on its way out
+                return self._record_failure("the state saver is closed")
             write.add_done_callback(lambda done: self._finished(done, number, snapshot))
             with contextlib.suppress(Exception):
                 await asyncio.shield(write)
@@ -279,7 +282,7 @@ class StateSaver:
         }
 
     def close(self) -> None:
-        """After the last save: let the writer thread go."""
+        """After the last save: let the writer thread go (a later save fails, loudly)."""
         self._writer.shutdown(wait=True)
 
 

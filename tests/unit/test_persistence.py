@@ -251,3 +251,12 @@ def test_a_failing_write_is_recorded_and_never_raises(tmp_path):
     view = saver.view()
     assert view["error"] == "Not a directory" and view["failures"] == 1
     assert view["failing_since"] is not None and view["saved_at"] is None
+
+
+def test_a_save_after_close_fails_without_raising(tmp_path):
+    saver = StateSaver(tmp_path)
+    topology, neighbors = small_state()
+    saver.close()
+    saver.close()
+    status = asyncio.run(saver.save(topology, neighbors, CONFIG))
+    assert not status.ok and saver.view()["error"] == "the state saver is closed"
