@@ -260,3 +260,31 @@ def test_a_save_after_close_fails_without_raising(tmp_path):
     saver.close()
     status = asyncio.run(saver.save(topology, neighbors, CONFIG))
     assert not status.ok and saver.view()["error"] == "the state saver is closed"
+
+
+def test_a_cancelled_save_still_finishes_its_write_in_order(tmp_path, monkeypatch):
+    from portier.supervisor import persistence
+
+    original = persistence.write_atomically
+    started = []
+
+    def slow_write(path: Path, data: bytes) -> None:
+        started.append(data)
+        time.sleep(0.05)
+        original(path, data)
+
+    monkeypatch.setattr(persistence, "write_atomically", slow_write)
+    saver = StateSaver(tmp_path)
+    topology, neighbors = small_state()
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(saver.save(topology, neighbors, CONFIG))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        topology.create_group("later")
+        assert (await saver.save(topology, neighbors, CONFIG)).ok
+
+    asyncio.run(scenario())
+    assert len(started) == 2 and saver.view()["error"] is None
+    restored, again, _ = load_fresh(tmp_path)
+    assert restored is not None and sorted(again.groups) == ["lan", "later"]
