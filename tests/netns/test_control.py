@@ -395,7 +395,8 @@ def test_state_survives_kill_9_of_portierd(make_lab):
     daemon.process.kill()  # SIGKILL: no chance to write anything more
     daemon.process.wait(timeout=10)
     wait_for(
-        lambda: not lab.ns(lab.proxy, "pgrep", "-f", "portier.workers", check=False).stdout,
+        # This daemon's workers only: pgrep sees every process on the host, other labs' too.
+        lambda: not lab.ns(lab.proxy, "pgrep", "-f", str(daemon.runtime_dir), check=False).stdout,
         10,
         "orphaned workers to exit",
     )
