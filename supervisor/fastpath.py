@@ -33,7 +33,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,13 +152,35 @@ class KernelView:
     packets: int
 
 
+def _listing_items(text: str) -> Iterator[Any]:
+    """The items of `{"nftables": [item, ...]}`, decoded one at a time.
+
+    One `json.loads` of a large table is a single C call that holds the GIL throughout,
+    so a thread doing it would stall the event loop all the same; small calls let the
+    interpreter hand the GIL back to the loop between them.
+    """
+    decoder = json.JSONDecoder()
+    start = text.find("[", text.find('"nftables"'))
+    if start < 0:
+        raise ValueError("no nftables list in the listing")
+    index = start + 1
+    while True:
+        while index < len(text) and text[index] in " \t\r\n,":
+            index += 1
+        if index >= len(text):
+            raise ValueError("listing ends inside the list")
+        if text[index] == "]":
+            return
+        item, index = decoder.raw_decode(text, index)
+        yield item
+
+
 def read_listing(text: str) -> KernelView:
     """Parse `nft -j list table`'s output (run off the event loop: it can be large)."""
-    items = json.loads(text).get("nftables", [])
     elements: dict[str, set[str]] = {}
     chains: set[str] = set()
     packets = 0
-    for item in items:
+    for item in _listing_items(text):
         if "map" in item:
             elements[item["map"]["name"]] = {
                 str(element[0]) for element in item["map"].get("elem", [])
@@ -170,6 +192,27 @@ def read_listing(text: str) -> KernelView:
                 if isinstance(expression, dict) and expression.get("counter"):
                     packets += int(expression["counter"].get("packets", 0))
     return KernelView(elements, chains, packets)
+
+
+def drift_between(programmed: Desired, kernel: KernelView) -> int:
+    """How many of the programmed maps differ from the kernel's, plus one if chains are
+    missing (one sweep over every neighbor: run off the event loop too)."""
+    drift = 0
+    for group in programmed.groups:
+        expected = {format_ipv6(address) for g, address in programmed.neighbors if g == group}
+        if kernel.elements.get(f"g_{_hex(group)}") != expected:
+            drift += 1
+    expected_chains = {f"in_{_hex(n)}" for n in programmed.ingress} | {
+        neighbor_chain(g, a) for g, a in programmed.neighbors
+    }
+    if not expected_chains <= kernel.chains:
+        drift += 1
+    return drift
+
+
+def compare_listing(text: str, programmed: Desired) -> tuple[KernelView, int]:
+    kernel = read_listing(text)
+    return kernel, drift_between(programmed, kernel)
 
 
 def _first_line(text: str) -> str:
@@ -190,6 +233,7 @@ class FastPath:
         nft: str = "nft",
         kernel_cleanup: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        nft_timeout_s: float = NFT_TIMEOUT_S,
     ) -> None:
         """`kernel_cleanup`: when nft cannot run, delete the table over netlink instead, in
         this process's network namespace (off only for a test whose nft runs elsewhere).
@@ -199,6 +243,7 @@ class FastPath:
         self.enabled = enabled
         self.kernel_cleanup = kernel_cleanup
         self.clock = clock
+        self.nft_timeout_s = nft_timeout_s
         self.active = False
         self.reason = "" if enabled else "disabled by configuration"
         self.programmed = Desired()
@@ -233,17 +278,26 @@ class FastPath:
             raise NftUnusable(f"cannot run {self.nft}: {exc.strerror or exc}") from None
         data = None if commands is None else json.dumps({"nftables": commands}).encode()
         try:
-            out, err = await asyncio.wait_for(process.communicate(data), NFT_TIMEOUT_S)
+            out, err = await asyncio.wait_for(process.communicate(data), self.nft_timeout_s)
         except TimeoutError:
-            raise NftUnusable(f"{self.nft} did not finish within {NFT_TIMEOUT_S:.0f} s") from None
-        finally:
-            if process.returncode is None:  # timed out or cancelled: never leave it behind
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+            await self._kill(process)
+            limit = f"{self.nft_timeout_s:g} s"
+            raise NftUnusable(f"{self.nft} did not finish within {limit}") from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()  # never leave it behind; the child watcher reaps it
+            raise
         if process.returncode != 0:
             error = err.decode(errors="replace").strip()
             return False, error or f"nft exited with status {process.returncode}"
         return True, out.decode(errors="replace")
+
+    @staticmethod
+    async def _kill(process: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 5.0)
 
     async def _apply(self, commands: list[dict[str, Any]]) -> str | None:
         """Apply one batch; None when it went in, else nft's complaint."""
@@ -357,6 +411,7 @@ class FastPath:
         """Replace what a crashed run left by the table the state wants."""
         if not self.enabled:
             log.info("fast path off: %s", self.reason)
+            await self._remove()  # a table an earlier run left must not forward either
             return
         moment = time.monotonic() if now is None else now
         topology = Topology() if topology is None else topology
@@ -365,17 +420,21 @@ class FastPath:
 
     async def remove(self) -> None:
         """Take the table out of the kernel (on stop); nothing is retried after this."""
+        await self._remove()
 
-        async def step() -> None:
+    async def _remove(self) -> None:
+        async with self._lock:
             self.active = False
             self.programmed = Desired()
             self.retry_at = None
-            await self._delete_table()
-
-        if self.nft is not None:
-            await self._guarded("removal", time.monotonic(), step)
-        self.active = False
-        self.retry_at = None
+            try:
+                await self._delete_table()
+            except NftUnusable:
+                await self._delete_table_without_nft()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # on the way out: nothing more to do about it
+                log.exception("removing the fast path table failed")
 
     async def set_enabled(
         self, enabled: bool, topology: Topology, neighbors: NeighborCache, now: float
@@ -385,7 +444,7 @@ class FastPath:
             return
         self.enabled = enabled
         if not enabled:
-            await self.remove()
+            await self._remove()
             self.reason = "disabled by configuration"
             self._reset_backoff()
             log.info("fast path off: %s", self.reason)
@@ -624,33 +683,18 @@ class FastPath:
             drift = 1  # gone, most likely: someone flushed the ruleset
         else:
             try:
-                kernel = await asyncio.to_thread(read_listing, out)
+                # `programmed` only changes under the lock, which this holds meanwhile.
+                kernel, drift = await asyncio.to_thread(compare_listing, out, self.programmed)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 log.warning("fast path listing unreadable (%r): rebuilding", exc)
                 drift = 1
             else:
                 self.kernel_packets = kernel.packets
-                drift = self._drift(kernel)
                 if not drift:
                     return 0
                 log.warning("fast path drifted from the state (%d differences): rebuilding", drift)
         self.stats["repairs"] += 1
         await self._rebuild(topology, neighbors, now)
-        return drift
-
-    def _drift(self, kernel: KernelView) -> int:
-        drift = 0
-        for group in self.programmed.groups:
-            expected = {
-                format_ipv6(address) for g, address in self.programmed.neighbors if g == group
-            }
-            if kernel.elements.get(f"g_{_hex(group)}") != expected:
-                drift += 1
-        expected_chains = {f"in_{_hex(n)}" for n in self.programmed.ingress} | {
-            neighbor_chain(g, a) for g, a in self.programmed.neighbors
-        }
-        if not expected_chains <= kernel.chains:
-            drift += 1
         return drift
 
     async def packets(self) -> int:

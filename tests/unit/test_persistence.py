@@ -112,7 +112,7 @@ def document_itself(d: dict[str, Any]) -> dict[str, Any]:
 MALFORMED = {
     # topology
     "interface mac not bytes": set_in(vm1, "mac", 5),
-    "interface mac wrong length": set_in(vm1, "mac", b"\x02\x00"),
+    "interface mac too long": set_in(vm1, "mac", bytes(33)),
     "interface in a group that does not exist": set_in(vm1, "group", "nosuch"),
     "interface name invalid": set_in(vm1, "name", "a/b"),
     "unknown disable reason": set_in(vm1, "disable_reasons", ["bored"]),
@@ -251,3 +251,40 @@ def test_a_failing_write_is_recorded_and_never_raises(tmp_path):
     view = saver.view()
     assert view["error"] == "Not a directory" and view["failures"] == 1
     assert view["failing_since"] is not None and view["saved_at"] is None
+
+
+def test_a_save_after_close_fails_without_raising(tmp_path):
+    saver = StateSaver(tmp_path)
+    topology, neighbors = small_state()
+    saver.close()
+    saver.close()
+    status = asyncio.run(saver.save(topology, neighbors, CONFIG))
+    assert not status.ok and saver.view()["error"] == "the state saver is closed"
+
+
+def test_a_cancelled_save_still_finishes_its_write_in_order(tmp_path, monkeypatch):
+    from portier.supervisor import persistence
+
+    original = persistence.write_atomically
+    started = []
+
+    def slow_write(path: Path, data: bytes) -> None:
+        started.append(data)
+        time.sleep(0.05)
+        original(path, data)
+
+    monkeypatch.setattr(persistence, "write_atomically", slow_write)
+    saver = StateSaver(tmp_path)
+    topology, neighbors = small_state()
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(saver.save(topology, neighbors, CONFIG))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        topology.create_group("later")
+        assert (await saver.save(topology, neighbors, CONFIG)).ok
+
+    asyncio.run(scenario())
+    assert len(started) == 2 and saver.view()["error"] is None
+    restored, again, _ = load_fresh(tmp_path)
+    assert restored is not None and sorted(again.groups) == ["lan", "later"]
