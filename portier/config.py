@@ -1,15 +1,21 @@
 """The configuration file (TOML) and its validation.
 
-The whole file is checked before anything starts; an error names the file, the field
-and what is wrong.  Defaults follow DESIGN.md's user-facing contract.
+The whole file is checked before anything starts, and so are the files it names (the
+CURVE key pair and the folder of authorized client keys); an error names the file, the
+field and what is wrong.  Defaults follow the user-facing contract.  Reading the named key
+files is the only I/O besides the configuration file itself; nothing here touches a
+socket or an interface.
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import zmq.utils.z85
 
 from portier.groups import check_group_name, check_interface_name
 
@@ -118,6 +124,14 @@ def _typed(
     return value
 
 
+def _finite(value: float, where: str, path: Path) -> float:
+    # TOML has nan and inf; nan compares false with everything, so a range check alone
+    # would let it through.
+    if not math.isfinite(value):
+        raise ConfigError(path, where, f"must be a finite number, not {value}")
+    return float(value)
+
+
 def parse_config(text: str, path: Path | str = "<string>") -> Config:
     path = Path(path)
     try:
@@ -127,6 +141,7 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
     _only(data, _TOP, "", path)
     nested = _typed(data, "nested", bool, "nested", path, False)
     loop_s = _typed(data, "loop_disable_seconds", (int, float), "loop_disable_seconds", path, 3600)
+    loop_s = _finite(loop_s, "loop_disable_seconds", path)
     if loop_s <= 0:
         raise ConfigError(path, "loop_disable_seconds", "must be greater than 0")
     daemon = _table(data, "daemon", _DAEMON, path)
@@ -143,6 +158,7 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
     lifetime = _typed(
         neighbors, "lifetime_seconds", (int, float), "neighbors.lifetime_seconds", path, 600
     )
+    lifetime = _finite(lifetime, "neighbors.lifetime_seconds", path)
     if lifetime <= 0:
         raise ConfigError(path, "neighbors.lifetime_seconds", "must be greater than 0")
     fastpath = _table(data, "fastpath", {"enabled"}, path)
@@ -235,4 +251,87 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(path, "", f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "is not UTF-8 text") from None
-    return parse_config(text, path)
+    config = parse_config(text, path)
+    if config.curve_secret_key is not None:
+        load_curve_secret_key(config.curve_secret_key, path)
+    if config.curve_authorized_keys is not None:
+        load_curve_authorized_keys(config.curve_authorized_keys, path)
+    return config
+
+
+def _curve_key(value: bytes | None) -> bytes | None:
+    """The z85 text of a CURVE key if it is one (40 characters for 32 bytes)."""
+    if value is None or len(value) != 40:
+        return None
+    try:
+        zmq.utils.z85.decode(value)
+    except (ValueError, KeyError):  # z85 reports a bad character as a KeyError
+        return None
+    return value
+
+
+def _read_certificate(key_file: Path) -> tuple[bytes | None, bytes | None]:
+    """(public, secret) z85 keys of a zmq certificate file; OSError if unreadable.
+
+    The format is ZeroMQ's ZPL certificate (what zmq.auth writes); parsed here so that
+    every failure is an OSError with the OS's message or a missing key, never a traceback.
+    """
+    public = secret = None
+    for line in key_file.read_bytes().splitlines():
+        line = line.strip()
+        key, sep, value = line.partition(b"=")
+        if not sep:
+            continue
+        value = value.strip(b" \t'\"")
+        if key.strip() == b"public-key":
+            public = value
+        elif key.strip() == b"secret-key":
+            secret = value
+    return public, secret
+
+
+def load_curve_secret_key(key_file: Path, path: Path | str) -> tuple[bytes, bytes]:
+    """The server's (public, secret) CURVE keys, or a ConfigError naming what is wrong."""
+    where = "control.curve_secret_key"
+    try:
+        public, secret = _read_certificate(key_file)
+    except OSError as exc:
+        raise ConfigError(path, where, f"cannot read {key_file}: {exc.strerror or exc}") from None
+    if secret is None:
+        raise ConfigError(path, where, f"{key_file} has no secret key (a public key file?)")
+    public, secret = _curve_key(public), _curve_key(secret)
+    if public is None or secret is None:
+        raise ConfigError(
+            path, where, f"{key_file}: the public or secret key is not a 40-character z85 key"
+        )
+    return public, secret
+
+
+def load_curve_authorized_keys(folder: Path, path: Path | str) -> set[bytes]:
+    """The z85 public keys of the certificate files in `folder` (subfolders are skipped).
+
+    A folder that is missing or holds an unusable file is an error, not an empty set: a
+    daemon that silently authorizes no one looks like a network problem to its operator.
+    """
+    where = "control.curve_authorized_keys"
+    try:
+        entries = sorted(folder.iterdir())
+    except NotADirectoryError:
+        raise ConfigError(path, where, f"{folder} is not a folder") from None
+    except OSError as exc:
+        raise ConfigError(path, where, f"cannot read {folder}: {exc.strerror or exc}") from None
+    keys = set()
+    for entry in entries:
+        if entry.is_dir():
+            continue
+        try:
+            public, _secret = _read_certificate(entry)
+        except OSError as exc:
+            raise ConfigError(path, where, f"cannot read {entry}: {exc.strerror or exc}") from None
+        key = _curve_key(public)
+        if key is None:
+            raise ConfigError(
+                path, where, f"{entry} holds no usable public key (a 40-character z85 key)"
+            )
+        keys.add(key)
+    return keys

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import zmq
 import zmq.asyncio
-import zmq.auth
 import zmq.utils.z85
+
+from portier.config import load_curve_authorized_keys
 
 log = logging.getLogger("portier.supervisor")
 
@@ -71,17 +72,13 @@ def ipc_peer_allowed(address: bytes, control_gid: int | None) -> tuple[bool, str
     return False, who
 
 
-def load_authorized_keys(folder: Path) -> set[bytes]:
-    """Public keys (z85) from the zmq certificate files in `folder`."""
-    keys = set()
-    for path in sorted(folder.glob("*")):
-        if path.is_file():
-            try:
-                public, _secret = zmq.auth.load_certificate(str(path))
-            except (OSError, ValueError):
-                continue
-            keys.add(public)
-    return keys
+def load_authorized_keys(folder: Path, source: Path | str = "configuration") -> set[bytes]:
+    """Public keys (z85) from the zmq certificate files in `folder`.
+
+    A missing folder or an unusable file raises ConfigError (portierd exits 2 with it);
+    the configuration loader has already checked them, this catches a change since.
+    """
+    return load_curve_authorized_keys(folder, source)
 
 
 class ZapHandler:

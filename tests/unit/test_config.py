@@ -97,3 +97,131 @@ def test_unreadable_file(tmp_path):
     binary.write_bytes(b"\xff\xfe")
     with pytest.raises(ConfigError):
         load_config(binary)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+nan"])
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("loop_disable_seconds = {}", "loop_disable_seconds"),
+        ("[neighbors]\nlifetime_seconds = {}", "neighbors.lifetime_seconds"),
+    ],
+)
+def test_non_finite_numbers_are_refused(text, where, value):
+    # nan compares false with everything, so a "<= 0" check alone lets it through and
+    # `lifetime_seconds = nan` would expire every neighbor at once.
+    with pytest.raises(ConfigError) as err:
+        parse_config(text.format(value), "/etc/portier/portier.toml")
+    assert err.value.where == where
+    assert "finite" in err.value.problem
+
+
+def _certificates(folder, name):
+    import zmq.auth
+
+    folder.mkdir(exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(folder), name)
+    return folder / public.rsplit("/", 1)[-1], folder / secret.rsplit("/", 1)[-1]
+
+
+def _tcp_config(tmp_path, secret, authorized):
+    path = tmp_path / "portier.toml"
+    path.write_text(
+        "[control]\n"
+        'tcp = "tcp://127.0.0.1:9471"\n'
+        f'curve_secret_key = "{secret}"\n'
+        f'curve_authorized_keys = "{authorized}"\n'
+    )
+    return path
+
+
+def test_curve_files_that_work(tmp_path):
+    _public, secret = _certificates(tmp_path / "server", "server")
+    _certificates(tmp_path / "keys", "client")
+    (tmp_path / "keys" / "client.key_secret").unlink()  # only public keys live there
+    config = load_config(_tcp_config(tmp_path, secret, tmp_path / "keys"))
+    assert config.curve_authorized_keys == tmp_path / "keys"
+
+
+def _curve_error(tmp_path, *, secret=None, authorized=None):
+    _public, server_secret = _certificates(tmp_path / "server", "server")
+    _certificates(tmp_path / "keys", "client")
+    path = _tcp_config(tmp_path, secret or server_secret, authorized or tmp_path / "keys")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ")
+    return err.value
+
+
+def test_missing_authorized_keys_folder_is_an_error(tmp_path):
+    # Silently authorizing no one leaves an operator with a TCP socket nobody may use.
+    error = _curve_error(tmp_path, authorized=tmp_path / "nowhere")
+    assert error.where == "control.curve_authorized_keys"
+    assert "nowhere" in error.problem and "No such file or directory" in error.problem
+
+
+def test_authorized_keys_must_be_a_folder(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    error = _curve_error(tmp_path, authorized=plain)
+    assert error.where == "control.curve_authorized_keys"
+    assert "not a folder" in error.problem
+
+
+def test_malformed_authorized_key_names_the_file(tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "broken.key").write_text('metadata\ncurve\n    public-key = "tooshort"\n')
+    error = _curve_error(tmp_path, authorized=keys)
+    assert error.where == "control.curve_authorized_keys"
+    assert "broken.key" in error.problem and "public key" in error.problem
+
+
+def test_unreadable_authorized_key_names_the_file(tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "garbage.key").write_bytes(b"\xff\xfe\x00")
+    error = _curve_error(tmp_path, authorized=keys)
+    assert "garbage.key" in error.problem
+
+
+@pytest.mark.parametrize("problem", ["missing", "public only", "malformed", "a folder"])
+def test_bad_server_secret_key(tmp_path, problem):
+    public, secret = _certificates(tmp_path / "server", "server")
+    if problem == "missing":
+        secret = tmp_path / "absent.key_secret"
+        words = "No such file or directory"
+    elif problem == "public only":
+        secret = public
+        words = "no secret key"
+    elif problem == "malformed":
+        secret = tmp_path / "bad.key_secret"
+        secret.write_text('curve\n    public-key = "x"\n    secret-key = "y"\n')
+        words = "secret key"
+    else:
+        secret = tmp_path / "server"
+        words = "directory"
+    error = _curve_error(tmp_path, secret=secret)
+    assert error.where == "control.curve_secret_key"
+    assert words in error.problem and str(secret) in error.problem
+
+
+def test_portierd_exits_2_naming_the_key_problem(tmp_path, capsys):
+    from portier.supervisor.main import main
+
+    _public, secret = _certificates(tmp_path / "server", "server")
+    path = _tcp_config(tmp_path, secret, tmp_path / "nowhere")
+    assert main(["--config", str(path), "--runtime-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"portierd: invalid configuration: {path}: ")
+    assert "control.curve_authorized_keys" in err and "No such file or directory" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_access_check_reports_a_vanished_folder(tmp_path):
+    from portier.supervisor.access import load_authorized_keys
+
+    with pytest.raises(ConfigError) as err:
+        load_authorized_keys(tmp_path / "gone")
+    assert err.value.where == "control.curve_authorized_keys"
