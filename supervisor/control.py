@@ -38,7 +38,11 @@ def _request_id(raw: bytes) -> Any:
     except Exception:  # the bytes are garbage: there is no id to echo
         return None
     value = data.get("id") if isinstance(data, dict) else None
-    return value if isinstance(value, int | str) else None
+    # A bool is an int to Python but not an id to the schema: echoing it would make the
+    # reply itself unreadable to the client.
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    return value
 
 
 class ControlServer:
