@@ -36,7 +36,9 @@ from portier.workers import packetio
 
 log = logging.getLogger("portier.worker")
 
-FRAME_MAX = 4096  # an NS with any options fits
+# The largest IPv6 packet short of a jumbogram, with its Ethernet header: any NS fits
+# whatever the MTU; anything longer is counted and dropped, never judged cut short.
+FRAME_MAX = 14 + 40 + 0xFFFF
 # perf_counter at receipt (for the relay histogram), and whether the thread answered:
 # if not, the main loop asks again with what it knows then (the replica may have been
 # empty, before the first snapshot).
@@ -88,7 +90,8 @@ class Answerer:
                     self._attached.clear()
                     continue
                 try:
-                    size = sock.recv_into(buffer)
+                    # MSG_TRUNC: the frame's real size, so that a longer one is seen as such.
+                    size = sock.recv_into(buffer, 0, socket.MSG_TRUNC)
                 except (BlockingIOError, InterruptedError):
                     continue  # the receive timeout: look at `stopping` again
                 except OSError as exc:
@@ -96,6 +99,9 @@ class Answerer:
                     if exc.errno not in (errno.EBADF, errno.ENETDOWN, errno.ENODEV, errno.ENXIO):
                         self._count_error("answer_rx", exc)
                     time.sleep(0.01)
+                    continue
+                if size > len(buffer) or size <= packetio.VNET_HDR_LEN:
+                    self.counters["answer_rx_oversized" if size > len(buffer) else "answer_rx_short"] += 1
                     continue
                 received_at = time.perf_counter()
                 header = bytes(view[: packetio.VNET_HDR_LEN])
