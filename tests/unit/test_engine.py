@@ -553,3 +553,18 @@ def test_ns_is_not_answered_for_stale_unknown_or_same_side_targets(engine):
     frame = nd_frame(GUEST1_MAC, None, GUEST1, solicited_node(neighbor_on_vm1), same_side)
     assert "vm1" not in sent(engine.handle_frame("vm1", frame, 401.1))
     assert engine.counters["answered"] == 0
+
+
+def test_dad_probes_for_a_fresh_neighbor_are_forwarded_never_answered(engine):
+    """The owner must defend its address itself: neither path answers a DAD probe."""
+    learn_router_and_guests(engine, now=1.0)
+    dad = nd_frame(
+        ROUTER_MAC, None, bytes(16), solicited_node(GUEST1), NeighborSolicitation(GUEST1)
+    )
+    # The same NS from an address is answered at once: the target is fresh.
+    asked = router_asks_for_guest1()
+    assert engine.answer_solicitation("up0", asked, 2.0) is not None
+    assert "up0" in sent(Engine(engine.topology, engine.neighbors).handle_frame("up0", asked, 2.0))
+    assert engine.answer_solicitation("up0", dad, 2.0) is None
+    out = sent(engine.handle_frame("up0", dad, 2.0))
+    assert set(out) == {"vm1", "vm2"}  # forwarded to the owner's side, not answered
