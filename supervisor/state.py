@@ -14,14 +14,14 @@ from portier.config import Config
 from portier.groups import DisableReason, Topology
 from portier.neighbors import Neighbor, NeighborCache
 from portier.replication import (
+    Change,
+    change_flush,
     change_neighbor,
     change_neighbor_removed,
     change_topology,
 )
 from portier.schema import link_facts, neighbor_from_wire
 from portier.status import OK, Status
-
-Change = dict[str, Any]
 
 
 class ProxyState:
@@ -63,7 +63,7 @@ class ProxyState:
 
     def flush(self, group: str | None) -> tuple[list[Change], int]:
         count = len(self.neighbors.flush(group))
-        return [{"op": "flush", "group": group}], count
+        return [change_flush(group)], count
 
     # --- reports from workers --------------------------------------------------------
 

@@ -32,6 +32,7 @@ def rig():
     answerer = Answerer("vm1", answer, context, "inproc://answered-test")
     answerer.start()
     answerer.attach(inside)
+    answerer.hold(False)
     yield answerer, wire, relay
     answerer.stop()
     answerer.thread.join(5)
@@ -107,7 +108,7 @@ def test_an_oversized_frame_is_counted_and_dropped_not_judged(rig):
     answerer, wire, relay = rig
     wire.send(packetio.ZERO_VNET_HDR + NS + bytes(FRAME_MAX))
     wire.send(packetio.ZERO_VNET_HDR + b"other" + bytes(70))
-    _, frame, stamp = relay.recv_multipart()
+    _, frame, _ = relay.recv_multipart()
     assert frame.startswith(b"other"), "the oversized frame was handed on"
     assert answerer.counters["answer_rx_oversized"] == 1
     wire.settimeout(0.2)
