@@ -441,6 +441,7 @@ class Worker:
         early = dict(self.early.counters)
         counters.update(dict(self.answerer.counters))
         counters["answered"] = self.engine.counters["answered"] + early["answered"]
+        counters.update({f"link_{key}": count for key, count in self.link.counters.items()})
         counters["replica_neighbors"] = len(self.neighbors)
         counters["engine_errors"] = self.engine_errors
         counters["held_frames"] = len(self.engine.hold)
@@ -479,6 +480,8 @@ class Worker:
                 deadline = min(deadline, engine_deadline)
             if self.learned:
                 deadline = min(deadline, self.learned_since + LEARNED_FLUSH_S)
+            if self.link.pending:
+                deadline = min(deadline, self.link.retry_at)
             timeout_ms = max(0.0, (deadline - now) * 1000)
             ready = dict(poller.poll(math.ceil(timeout_ms)))
             if self.channel in ready:
@@ -488,7 +491,11 @@ class Worker:
                     except zmq.Again:
                         break
                     self.on_message(raw)
-            if self.link.fileno() in ready and self.link.read():
+            now = time.monotonic()
+            link_readable = self.link.fileno() in ready
+            if (link_readable and self.link.read(now)) or (
+                not link_readable and self.link.due(now) and self.link.retry(now)
+            ):
                 self._on_link_change()
             if not self.replica.stale and self.receivers:
                 nd_sock, data_sock = self.receivers
