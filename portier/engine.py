@@ -178,7 +178,7 @@ class Engine:
         super-frame that the kernel will segment on egress; 0 for an ordinary frame.
         `meta` is opaque to the engine: it comes back on every Transmit that carries the
         frame's bytes unchanged (the worker keeps offload metadata in it).  `answered`
-        says the caller already sent `answer_solicitation`'s answer to this frame.
+        says the caller already sent the early answer (answers.py) to this frame.
         """
         iface = self.topology.interfaces.get(ingress)
         if iface is None:
