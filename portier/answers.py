@@ -54,7 +54,7 @@ from portier.ndmsg import (
     encode_nd,
 )
 from portier.neighbors import Neighbor, NeighborCache
-from portier.validation import solicitation_asker_mac
+from portier.validation import ND_HOP_LIMIT, solicitation_asker_mac
 
 # A multicast NS is answered on a neighbor's behalf when it was seen this recently
 # (workers report a neighbor they keep seeing at least every minute: neighbors.py).
@@ -88,7 +88,7 @@ def answer_frame(
         target, flags, (LinkLayerAddressOption(OptionType.TARGET_LINK_LAYER, ingress_mac),)
     )
     icmp = encode_nd(answer, target, asker)
-    header = IPv6Header(target, asker, NH_ICMPV6, 255, len(icmp))
+    header = IPv6Header(target, asker, NH_ICMPV6, ND_HOP_LIMIT, len(icmp))
     return build_frame(asker_mac, ingress_mac, header, icmp)
 
 

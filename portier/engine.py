@@ -45,6 +45,7 @@ from portier.drops import DropReason, FrameError
 from portier.frame import (
     DST,
     DST_MAC,
+    ETH_HLEN,
     ETHERTYPE_OFFSET,
     EXTENSION_HEADERS,
     HOP_LIMIT_OFFSET,
@@ -64,6 +65,7 @@ from portier.frame import (
 from portier.groups import Interface, Topology
 from portier.holdqueue import HeldFrame, HoldQueue
 from portier.ndmsg import (
+    CHECKSUM_OFFSET,
     LinkLayerAddressOption,
     NDType,
     NeighborAdvertisement,
@@ -75,7 +77,7 @@ from portier.ndmsg import (
 )
 from portier.neighbors import Neighbor, NeighborCache
 from portier.rewrite import rewrite_nd
-from portier.validation import validate_nd
+from portier.validation import ND_HOP_LIMIT, validate_nd
 
 IPV6_MIN_MTU = 1280
 # The packet path's offsets, derived once from frame.py's (module constants are cheap to
@@ -336,7 +338,7 @@ class Engine:
     ) -> None:
         dst_mac = multicast_mac(dst)
         rest = frame[_AFTER_MACS]
-        packet_bytes = len(frame) - 14
+        packet_bytes = len(frame) - ETH_HLEN
         sent = False
         assert iface.group is not None
         for member in self.topology.forwarding_members(iface.group):
@@ -388,7 +390,7 @@ class Engine:
         if egress is None or not egress.enabled or egress.group != group:
             actions.append(Dropped(iface.name, DropReason.EGRESS_DISABLED))
             return
-        packet_bytes = segment_bytes or len(frame) - 14
+        packet_bytes = segment_bytes or len(frame) - ETH_HLEN
         if packet_bytes > egress.mtu:
             actions.append(Dropped(iface.name, DropReason.MTU_EXCEEDED))
             self._packet_too_big(iface, frame, egress.mtu, now, actions)
@@ -440,7 +442,7 @@ class Engine:
                 else (LinkLayerAddressOption(OptionType.SOURCE_LINK_LAYER, member.mac),)
             )
             icmp = encode_nd(NeighborSolicitation(target, options), source, dst)
-            header = IPv6Header(source, dst, 58, 255, len(icmp))
+            header = IPv6Header(source, dst, NH_ICMPV6, ND_HOP_LIMIT, len(icmp))
             actions.append(Transmit(member.name, build_frame(dst_mac, member.mac, header, icmp)))
             self.counters["solicits_sent"] += 1
 
@@ -465,9 +467,11 @@ class Engine:
         self._ptb_tokens -= 1.0
         body = frame[L3_OFFSET : L3_OFFSET + _PTB_QUOTE_MAX]
         message = b"\x02\x00\x00\x00" + mtu.to_bytes(4, "big") + body
-        checksum = upper_layer_checksum(source, sender, 58, message)
-        message = message[:2] + checksum.to_bytes(2, "big") + message[4:]
-        header = IPv6Header(source, sender, 58, 255, len(message))
+        checksum = upper_layer_checksum(source, sender, NH_ICMPV6, message)
+        message = (
+            message[:CHECKSUM_OFFSET] + checksum.to_bytes(2, "big") + message[CHECKSUM_OFFSET + 2 :]
+        )
+        header = IPv6Header(source, sender, NH_ICMPV6, 255, len(message))
         reply = build_frame(frame[SRC_MAC], iface.mac, header, message)
         actions.append(Transmit(iface.name, reply))
         self.counters["ptb_sent"] += 1
