@@ -735,3 +735,29 @@ def check_action(topology, action, ingress: str | None, released: bool) -> None:
         assert (out[20] == 58 and out[54] in (136, 2)) or released, out[:60].hex()
     else:
         assert egress.group == topology.interfaces[ingress].group
+
+
+FRAME_REASONS = {
+    DropReason.FRAME_TOO_SHORT,
+    DropReason.NOT_IPV6,
+    DropReason.BAD_IP_VERSION,
+    DropReason.TRUNCATED,
+    DropReason.BAD_EXTENSION_HEADER,
+}
+
+
+@SETTINGS
+@given(st.one_of(data_frames(), near_valid_nd_frames(), st.binary(max_size=120)))
+def test_handle_frames_framing_checks_are_parse_packets(frame):
+    """The engine reads the frame in place, by frame.py's offsets, with the same verdicts
+    as parse_packet (for a frame past the MAC checks: multicast, from a stranger)."""
+    if len(frame) >= 12:
+        frame = multicast_mac(ALL_NODES) + ROUTER_MAC + frame[12:]
+    try:
+        parse_packet(frame)
+        expected = None
+    except FrameError as exc:
+        expected = exc.reason
+    actions = _busy_engine().handle_frame("up0", frame, 2.0)
+    reasons = {a.reason for a in actions if isinstance(a, Dropped)} & FRAME_REASONS
+    assert reasons == ({expected} if expected is not None else set())
