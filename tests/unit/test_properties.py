@@ -646,13 +646,15 @@ def near_valid_nd_frames(draw: st.DrawFn) -> bytes:
 @st.composite
 def data_frames(draw: st.DrawFn) -> bytes:
     """IPv6 data between known and unknown hosts, any next header, any length field."""
+    payload = draw(st.binary(max_size=120))
+    near = st.integers(-3, 3).map(lambda delta: max(0, len(payload) + delta))
     return ipv6_frame(
-        draw(st.binary(max_size=120)),
+        payload,
         src=draw(frame_addresses),
         dst=draw(frame_addresses),
         next_header=draw(st.sampled_from([6, 17, 58, 0, 43, 44, 51, 59, 60])),
         hop_limit=draw(u8),
-        payload_length=draw(st.none() | st.none() | u16),
+        payload_length=draw(st.none() | near | u16),
         mac_pair=(draw(frame_macs), draw(frame_macs)),
     ) + draw(st.binary(max_size=8))  # Ethernet padding, sometimes
 
