@@ -14,8 +14,12 @@ BROKEN = b"makes-the-replica-raise"
 
 
 @pytest.fixture
-def rig():
-    """An answerer reading one end of a socket pair; the test plays the wire at the other."""
+def rig(request):
+    """An answerer reading one end of a socket pair; the test plays the wire at the other.
+
+    With the parameter True (indirect), it stays held, as a worker's is before its first
+    snapshot.
+    """
     context = zmq.Context()
     relay = context.socket(zmq.PULL)
     relay.bind("inproc://answered-test")
@@ -32,7 +36,8 @@ def rig():
     answerer = Answerer("vm1", answer, context, "inproc://answered-test")
     answerer.start()
     answerer.attach(inside)
-    answerer.hold(False)
+    if not getattr(request, "param", False):
+        answerer.hold(False)
     yield answerer, wire, relay
     answerer.stop()
     answerer.thread.join(5)
@@ -114,3 +119,21 @@ def test_an_oversized_frame_is_counted_and_dropped_not_judged(rig):
     wire.settimeout(0.2)
     with pytest.raises(TimeoutError):
         wire.recv(4096)  # and it was not answered either
+
+
+@pytest.mark.parametrize("rig", [True], indirect=True)
+def test_held_it_reads_nothing_and_frames_wait_in_the_socket(rig):
+    """Before the first snapshot (and while the replica is stale) the thread neither
+    answers nor hands anything on; the frame waits in the socket."""
+    answerer, wire, relay = rig
+    assert answerer.held
+    wire.send(packetio.ZERO_VNET_HDR + NS)
+    relay.setsockopt(zmq.RCVTIMEO, 1500)  # longer than the thread's own wait
+    with pytest.raises(zmq.Again):
+        relay.recv_multipart()
+    wire.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        wire.recv(4096)
+    answerer.hold(False)  # the snapshot came: the waiting frame is answered now
+    wire.settimeout(5)
+    assert wire.recv(4096).endswith(b"na-for-ns-frame-")
