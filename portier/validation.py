@@ -38,20 +38,22 @@ _TARGET = slice(TARGET_OFFSET, TARGET_OFFSET + 16)
 # --- the rules -------------------------------------------------------------------------
 
 
-def hop_limit_rule(hop_limit: int) -> DropReason | None:
-    return None if hop_limit == ND_HOP_LIMIT else DropReason.HOP_LIMIT_NOT_255
+def header_rule(hop_limit: int, icmp: bytes) -> DropReason | None:
+    """§6.1, §7.1, §8.1: hop limit 255 (the message comes from the link), code 0."""
+    if hop_limit != ND_HOP_LIMIT:
+        return DropReason.HOP_LIMIT_NOT_255
+    if len(icmp) > CODE_OFFSET and icmp[CODE_OFFSET] != 0:
+        return DropReason.BAD_CODE
+    return None
 
 
-def code_rule(icmp: bytes) -> DropReason | None:
-    return DropReason.BAD_CODE if len(icmp) > CODE_OFFSET and icmp[CODE_OFFSET] != 0 else None
-
-
-def checksum_rule(src: bytes, dst: bytes, icmp: bytes) -> DropReason | None:
-    return None if verify_upper_layer(src, dst, NH_ICMPV6, icmp) else DropReason.BAD_CHECKSUM
-
-
-def source_rule(src: bytes) -> DropReason | None:
-    return DropReason.MULTICAST_SOURCE if is_multicast(src) else None
+def integrity_rule(src: bytes, dst: bytes, icmp: bytes) -> DropReason | None:
+    """A valid ICMPv6 checksum, and a source that is not multicast."""
+    if not verify_upper_layer(src, dst, NH_ICMPV6, icmp):
+        return DropReason.BAD_CHECKSUM
+    if is_multicast(src):
+        return DropReason.MULTICAST_SOURCE
+    return None
 
 
 def solicitation_rule(src: bytes, dst: bytes, target: bytes, has_slla: bool) -> DropReason | None:
@@ -124,14 +126,12 @@ def _kind_rule(src: bytes, dst: bytes, message: NDMessage) -> DropReason | None:
 
 def validate_nd(hop_limit: int, src: bytes, dst: bytes, icmp: bytes) -> NDMessage:
     """Validate the ICMPv6 ND message `icmp` carried from `src` to `dst`."""
-    reason = hop_limit_rule(hop_limit)
+    reason = header_rule(hop_limit, icmp)
     if reason is not None:
-        raise FrameError(reason, f"hop limit {hop_limit}")
-    reason = code_rule(icmp)
-    if reason is not None:
-        raise FrameError(reason, f"code {icmp[CODE_OFFSET]}")
+        detail = f"hop limit {hop_limit}" if reason == DropReason.HOP_LIMIT_NOT_255 else ""
+        raise FrameError(reason, detail or f"code {icmp[CODE_OFFSET]}")
     message = parse_nd(icmp)
-    reason = checksum_rule(src, dst, icmp) or source_rule(src) or _kind_rule(src, dst, message)
+    reason = integrity_rule(src, dst, icmp) or _kind_rule(src, dst, message)
     if reason is not None:
         detail = f"checksum 0x{message.checksum:04x}" if reason == DropReason.BAD_CHECKSUM else ""
         raise FrameError(reason, detail)
@@ -145,12 +145,8 @@ def solicitation_asker_mac(hop_limit: int, src: bytes, dst: bytes, icmp: bytes) 
     """For an NS (`icmp[0]` is 135) that `validate_nd` accepts: the asker's MAC from its
     first 6-byte unicast SLLA option, or b"" when it has none; None for any NS that
     `validate_nd` rejects.  The same rules, on the bytes."""
-    if (
-        hop_limit_rule(hop_limit) is not None
-        or code_rule(icmp) is not None
-        or len(icmp) < _NS_MIN_LENGTH  # parse_nd's length check
-    ):
-        return None
+    if header_rule(hop_limit, icmp) is not None or len(icmp) < _NS_MIN_LENGTH:
+        return None  # (the length: parse_nd's check)
     asker_mac = b""
     has_slla = False
     try:  # parse_nd's option framing
@@ -162,8 +158,7 @@ def solicitation_asker_mac(hop_limit: int, src: bytes, dst: bytes, icmp: bytes) 
     except FrameError:
         return None
     if (
-        checksum_rule(src, dst, icmp) is not None
-        or source_rule(src) is not None
+        integrity_rule(src, dst, icmp) is not None
         or solicitation_rule(src, dst, icmp[_TARGET], has_slla) is not None
     ):
         return None
