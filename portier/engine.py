@@ -19,8 +19,8 @@ The rules (RFC 4389, with Portier's groups):
   source address and the egress MAC, so the answer comes back through the proxy.
 - The sources of valid ND messages and of proxied packets are learned (neighbors.py).
 - A multicast NS for a neighbor seen in the last ANSWER_FRESH_S behind another member is
-  answered by the proxy (its own MAC, override clear) and still forwarded;
-  `answer_solicitation` does this ahead of everything else for the worker.
+  answered by the proxy (its own MAC, override clear) and still forwarded (answers.py
+  holds the answer, and answers it ahead of everything else for the worker).
 - An RA on a member other than the upstream, or a P-flagged RA on the upstream outside
   nested mode, is a loop: that member is disabled for the loop-disable time.  A group
   with no upstream has no router side: its RAs are proxied, not treated as loops.
@@ -39,10 +39,24 @@ from portier.addresses import (
     multicast_mac,
     solicited_node,
 )
-from portier.checksum import upper_layer_checksum, verify_upper_layer
+from portier.answers import ANSWER_FRESH_S, answer_frame, answerable
+from portier.checksum import upper_layer_checksum
 from portier.drops import DropReason, FrameError
 from portier.frame import (
+    DST,
+    DST_MAC,
+    ETH_HLEN,
+    ETHERTYPE_OFFSET,
     EXTENSION_HEADERS,
+    HOP_LIMIT_OFFSET,
+    L3_OFFSET,
+    L4_OFFSET,
+    NEXT_HEADER_OFFSET,
+    NH_ICMPV6,
+    PAYLOAD_LENGTH_OFFSET,
+    SRC,
+    SRC_MAC,
+    VERSION_OFFSET,
     IPv6Header,
     build_frame,
     is_jumbogram,
@@ -51,8 +65,7 @@ from portier.frame import (
 from portier.groups import Interface, Topology
 from portier.holdqueue import HeldFrame, HoldQueue
 from portier.ndmsg import (
-    NA_FLAG_ROUTER,
-    NA_FLAG_SOLICITED,
+    CHECKSUM_OFFSET,
     LinkLayerAddressOption,
     NDType,
     NeighborAdvertisement,
@@ -61,17 +74,22 @@ from portier.ndmsg import (
     PrefixInformation,
     RouterAdvertisement,
     encode_nd,
-    iter_option_spans,
 )
 from portier.neighbors import Neighbor, NeighborCache
 from portier.rewrite import rewrite_nd
-from portier.validation import validate_nd
+from portier.validation import ND_HOP_LIMIT, validate_nd
 
 IPV6_MIN_MTU = 1280
-# A multicast NS is answered on a neighbor's behalf when it was seen this recently
-# (workers report a neighbor they keep seeing at least every minute: neighbors.py).
-ANSWER_FRESH_S = 300.0
-ANSWER_MEMO_MAX = 1024  # early answers remembered by the NS frame they answered
+# The packet path's offsets, derived once from frame.py's (module constants are cheap to
+# read; slices are built once, here).
+_ETHERTYPE_HIGH = ETHERTYPE_OFFSET
+_ETHERTYPE_LOW = ETHERTYPE_OFFSET + 1
+_PAYLOAD_LENGTH_LOW = PAYLOAD_LENGTH_OFFSET + 1
+_DST_MAC_FIRST = DST_MAC.start  # its group bit says multicast
+_ND_FIRST = int(NDType.ROUTER_SOLICITATION)
+_ND_LAST = int(NDType.REDIRECT)
+_ICMP_TYPE_OFFSET = L4_OFFSET
+_AFTER_MACS = slice(ETHERTYPE_OFFSET, None)  # all a forwarded frame keeps
 _PTB_QUOTE_MAX = IPV6_MIN_MTU - 40 - 8
 _INFINITE_LIFETIME = 0xFFFFFFFF
 _FOREVER = float("inf")
@@ -136,7 +154,6 @@ class Engine:
         self._ptb_burst = float(ptb_burst)
         self._ptb_tokens = float(ptb_burst)
         self._ptb_refilled_at = 0.0
-        self._answered: dict[tuple[str, bytes], Transmit] = {}
         self.counters = {
             "held": 0,
             "released": 0,
@@ -163,7 +180,7 @@ class Engine:
         super-frame that the kernel will segment on egress; 0 for an ordinary frame.
         `meta` is opaque to the engine: it comes back on every Transmit that carries the
         frame's bytes unchanged (the worker keeps offload metadata in it).  `answered`
-        says the caller already sent `answer_solicitation`'s answer to this frame.
+        says the caller already sent the early answer (answers.py) to this frame.
         """
         iface = self.topology.interfaces.get(ingress)
         if iface is None:
@@ -171,44 +188,44 @@ class Engine:
         if not iface.enabled:
             return [Dropped(ingress, DropReason.INGRESS_DISABLED)]
         size = len(frame)
-        if size < 54:
+        if size < L4_OFFSET:
             return [Dropped(ingress, DropReason.FRAME_TOO_SHORT)]
-        if frame[12] != 0x86 or frame[13] != 0xDD:
+        if frame[_ETHERTYPE_HIGH] != 0x86 or frame[_ETHERTYPE_LOW] != 0xDD:
             return [Dropped(ingress, DropReason.NOT_IPV6)]
-        if frame[14] >> 4 != 6:
+        if frame[VERSION_OFFSET] >> 4 != 6:
             return [Dropped(ingress, DropReason.BAD_IP_VERSION)]
-        payload_length = frame[18] << 8 | frame[19]
+        payload_length = frame[PAYLOAD_LENGTH_OFFSET] << 8 | frame[_PAYLOAD_LENGTH_LOW]
         if payload_length == 0 and is_jumbogram(frame):
             end = size  # BIG TCP: the length is in the hop-by-hop Jumbo Payload option
         else:
-            end = 54 + payload_length
+            end = L4_OFFSET + payload_length
             if end > size:
                 return [Dropped(ingress, DropReason.TRUNCATED)]
             if end < size:
                 frame = frame[:end]  # Ethernet padding
-        if not frame[0] & 1 and frame[0:6] != iface.mac:
+        if not frame[_DST_MAC_FIRST] & 1 and frame[DST_MAC] != iface.mac:
             return [Dropped(ingress, DropReason.NOT_FOR_US)]
-        source_mac = frame[6:12]
+        source_mac = frame[SRC_MAC]
         if source_mac in self.topology.own_macs():
             return [Dropped(ingress, DropReason.OWN_FRAME)]
 
-        next_header = frame[20]
-        if next_header == 58:
-            if end > 54 and 133 <= frame[54] <= 137:
-                return self._handle_nd(iface, frame, 54, now, answered)
+        next_header = frame[NEXT_HEADER_OFFSET]
+        if next_header == NH_ICMPV6:
+            if end > L4_OFFSET and _ND_FIRST <= frame[L4_OFFSET] <= _ND_LAST:
+                return self._handle_nd(iface, frame, L4_OFFSET, now, answered)
         elif next_header in EXTENSION_HEADERS:
             try:
                 protocol, offset, fragmented, routed = locate_upper_layer(frame, next_header)
             except FrameError as exc:
                 return [Dropped(ingress, exc.reason)]
-            if protocol == 58 and offset < end and 133 <= frame[offset] <= 137:
+            if protocol == NH_ICMPV6 and offset < end and _ND_FIRST <= frame[offset] <= _ND_LAST:
                 if fragmented:
                     return [Dropped(ingress, DropReason.ND_FRAGMENTED)]
                 if routed:
                     return [Dropped(ingress, DropReason.ND_ROUTING_HEADER)]
                 return self._handle_nd(iface, frame, offset, now, answered)
 
-        src = frame[22:38]
+        src = frame[SRC]
         if src[0] == 0xFF:
             return [Dropped(ingress, DropReason.MULTICAST_SOURCE)]
         group = iface.group
@@ -225,7 +242,7 @@ class Engine:
                 learned = self.neighbors.learn(group, src, ingress, source_mac, now)
                 if learned is not None:
                     self._on_learned(learned, now, actions)
-        dst = frame[38:54]
+        dst = frame[DST]
         if dst in iface.addresses:
             actions.append(Dropped(ingress, DropReason.LOCAL_DESTINATION))
             return actions
@@ -239,10 +256,10 @@ class Engine:
         self, iface: Interface, frame: bytes, offset: int, now: float, answered: bool
     ) -> list[Action]:
         ingress = iface.name
-        src = frame[22:38]
-        dst = frame[38:54]
+        src = frame[SRC]
+        dst = frame[DST]
         try:
-            message = validate_nd(frame[21], src, dst, frame[offset:])
+            message = validate_nd(frame[HOP_LIMIT_OFFSET], src, dst, frame[offset:])
         except FrameError as exc:
             return [Dropped(ingress, exc.reason)]
         group = iface.group
@@ -263,7 +280,7 @@ class Engine:
             if upstream == ingress:
                 self._learn_prefixes(group, message, now, actions)
 
-        source_mac = frame[6:12]
+        source_mac = frame[SRC_MAC]
         # An NA from its own target is learned once, below, with its flags.
         if src != UNSPECIFIED and not (
             kind == NDType.NEIGHBOR_ADVERTISEMENT and src == message.target  # type: ignore[union-attr]
@@ -320,8 +337,8 @@ class Engine:
         meta: object,
     ) -> None:
         dst_mac = multicast_mac(dst)
-        rest = frame[12:]
-        packet_bytes = len(frame) - 14
+        rest = frame[_AFTER_MACS]
+        packet_bytes = len(frame) - ETH_HLEN
         sent = False
         assert iface.group is not None
         for member in self.topology.forwarding_members(iface.group):
@@ -373,13 +390,13 @@ class Engine:
         if egress is None or not egress.enabled or egress.group != group:
             actions.append(Dropped(iface.name, DropReason.EGRESS_DISABLED))
             return
-        packet_bytes = segment_bytes or len(frame) - 14
+        packet_bytes = segment_bytes or len(frame) - ETH_HLEN
         if packet_bytes > egress.mtu:
             actions.append(Dropped(iface.name, DropReason.MTU_EXCEEDED))
             self._packet_too_big(iface, frame, egress.mtu, now, actions)
             return
         if icmp_offset < 0:
-            actions.append(Transmit(egress_name, entry.mac + egress.mac + frame[12:], meta))
+            actions.append(Transmit(egress_name, entry.mac + egress.mac + frame[_AFTER_MACS], meta))
         else:
             actions.append(
                 Transmit(egress_name, rewrite_nd(frame, icmp_offset, egress.mac, entry.mac))
@@ -397,7 +414,7 @@ class Engine:
     ) -> None:
         group = iface.group
         assert group is not None
-        source = frame[22:38]
+        source = frame[SRC]
         pending, pushed_out = self.hold.hold(
             group, dst, source, HeldFrame(iface.name, frame, icmp_offset, meta), now
         )
@@ -425,7 +442,7 @@ class Engine:
                 else (LinkLayerAddressOption(OptionType.SOURCE_LINK_LAYER, member.mac),)
             )
             icmp = encode_nd(NeighborSolicitation(target, options), source, dst)
-            header = IPv6Header(source, dst, 58, 255, len(icmp))
+            header = IPv6Header(source, dst, NH_ICMPV6, ND_HOP_LIMIT, len(icmp))
             actions.append(Transmit(member.name, build_frame(dst_mac, member.mac, header, icmp)))
             self.counters["solicits_sent"] += 1
 
@@ -433,8 +450,10 @@ class Engine:
         self, iface: Interface, frame: bytes, mtu: int, now: float, actions: list[Action]
     ) -> None:
         """ICMPv6 Packet Too Big back to the sender (RFC 4443 §3.2, rate-limited)."""
-        sender = frame[22:38]
-        if sender == UNSPECIFIED or (frame[20] == 58 and frame[54] < 128):
+        sender = frame[SRC]
+        if sender == UNSPECIFIED or (
+            frame[NEXT_HEADER_OFFSET] == NH_ICMPV6 and frame[_ICMP_TYPE_OFFSET] < 128
+        ):
             return  # never answer an ICMPv6 error, nor a sender without an address
         self._ptb_tokens = min(
             self._ptb_burst, self._ptb_tokens + (now - self._ptb_refilled_at) * self._ptb_rate
@@ -446,90 +465,23 @@ class Engine:
         if source is None:
             return
         self._ptb_tokens -= 1.0
-        body = frame[14 : 14 + _PTB_QUOTE_MAX]
+        body = frame[L3_OFFSET : L3_OFFSET + _PTB_QUOTE_MAX]
         message = b"\x02\x00\x00\x00" + mtu.to_bytes(4, "big") + body
-        checksum = upper_layer_checksum(source, sender, 58, message)
-        message = message[:2] + checksum.to_bytes(2, "big") + message[4:]
-        header = IPv6Header(source, sender, 58, 255, len(message))
-        actions.append(Transmit(iface.name, build_frame(frame[6:12], iface.mac, header, message)))
+        checksum = upper_layer_checksum(source, sender, NH_ICMPV6, message)
+        message = (
+            message[:CHECKSUM_OFFSET] + checksum.to_bytes(2, "big") + message[CHECKSUM_OFFSET + 2 :]
+        )
+        header = IPv6Header(source, sender, NH_ICMPV6, 255, len(message))
+        reply = build_frame(frame[SRC_MAC], iface.mac, header, message)
+        actions.append(Transmit(iface.name, reply))
         self.counters["ptb_sent"] += 1
-
-    def answer_solicitation(self, ingress: str, frame: bytes, now: float) -> Transmit | None:
-        """The answer to a multicast NS this proxy gives itself, or None.
-
-        Cheap enough to run on an ND frame before anything else is done with it, so the
-        asker waits for one wake-up of the worker and this, not for the whole relay.
-        The cache is asked first; only then is the message checked, by the rules of
-        `handle_frame` and `validate_nd` that apply to an NS (tests hold the two to the
-        same answers) but without building message objects.  An asker that resolves
-        the same target again sends the very same bytes, so answers are remembered by
-        the NS they answered: whether those bytes are valid never changes, and what
-        the state says (the target still fresh, the ingress MAC, the R flag) is checked
-        again each time.  Only the plain layout (ICMPv6 right after the IPv6 header) is
-        handled here; `handle_frame` answers the rest itself.
-        """
-        iface = self.topology.interfaces.get(ingress)
-        if iface is None or not iface.enabled or not answers_early(frame):
-            return None
-        target = frame[62:78]
-        entry = self._answerable(iface, target, now)
-        if entry is None:
-            return None
-        key = (ingress, frame)
-        known = self._answered.get(key)
-        if (
-            known is not None
-            and known.frame[6:12] == iface.mac
-            and bool(known.frame[58] & 0x80) == entry.is_router
-            and frame[6:12] not in self.topology.own_macs()
-        ):
-            self.counters["answered"] += 1
-            return known
-        end = 54 + (frame[18] << 8 | frame[19])
-        asker = frame[22:38]
-        source_mac = frame[6:12]
-        if (
-            end < 78
-            or end > len(frame)
-            or frame[14] >> 4 != 6
-            or frame[21] != 255
-            or frame[55] != 0
-            or asker == UNSPECIFIED
-            or asker[0] == 0xFF
-            or (not frame[0] & 1 and frame[0:6] != iface.mac)
-            or source_mac in self.topology.own_macs()
-        ):
-            return None
-        icmp = frame[54:end]
-        asker_mac = None
-        try:
-            for kind, offset, length in iter_option_spans(icmp, 24):
-                if (
-                    kind == OptionType.SOURCE_LINK_LAYER
-                    and length == 8
-                    and asker_mac is None
-                    and not icmp[offset + 2] & 1
-                ):
-                    asker_mac = icmp[offset + 2 : offset + 8]
-        except FrameError:
-            return None
-        if not verify_upper_layer(asker, frame[38:54], 58, icmp):
-            return None
-        answer = self._answer(iface, entry, asker, asker_mac or source_mac)
-        if len(self._answered) >= ANSWER_MEMO_MAX:
-            self._answered.clear()
-        self._answered[key] = answer
-        return answer
 
     def _answerable(self, iface: Interface, target: bytes, now: float) -> Neighbor | None:
         """The neighbor to answer for: fresh, and behind another enabled member."""
         entry = self.neighbors.get(iface.group or "", target)
-        if entry is None or entry.interface == iface.name or now - entry.last_seen > ANSWER_FRESH_S:
+        if entry is None or now - entry.last_seen > ANSWER_FRESH_S:
             return None
-        owner = self.topology.interfaces.get(entry.interface)
-        if owner is None or not owner.enabled or owner.group != iface.group:
-            return None
-        return entry
+        return entry if answerable(self.topology, iface.name, entry) else None
 
     def _answer_for_neighbor(
         self, iface: Interface, frame: bytes, message: NeighborSolicitation, now: float
@@ -542,25 +494,19 @@ class Engine:
         NS is still forwarded, so the neighbor learns of the asker too.  DAD probes (from
         the unspecified address) are never answered: the owner must defend itself.
         """
-        asker = frame[22:38]
+        asker = frame[SRC]
         entry = self._answerable(iface, message.target, now)
         if asker == UNSPECIFIED or entry is None:
             return None
         asker_mac = _link_layer_option(message.options, OptionType.SOURCE_LINK_LAYER)
-        return self._answer(iface, entry, asker, asker_mac or frame[6:12])
+        return self._answer(iface, entry, asker, asker_mac or frame[SRC_MAC])
 
     def _answer(
         self, iface: Interface, entry: Neighbor, asker: bytes, asker_mac: bytes
     ) -> Transmit:
-        flags = NA_FLAG_SOLICITED | (NA_FLAG_ROUTER if entry.is_router else 0)
-        target = entry.address
-        answer = NeighborAdvertisement(
-            target, flags, (LinkLayerAddressOption(OptionType.TARGET_LINK_LAYER, iface.mac),)
-        )
-        icmp = encode_nd(answer, target, asker)
-        header = IPv6Header(target, asker, 58, 255, len(icmp))
         self.counters["answered"] += 1
-        return Transmit(iface.name, build_frame(asker_mac, iface.mac, header, icmp))
+        frame = answer_frame(iface.mac, entry.address, entry.is_router, asker, asker_mac)
+        return Transmit(iface.name, frame)
 
     # --- learning ------------------------------------------------------------------
 
@@ -618,6 +564,10 @@ class Engine:
     def on_neighbor(self, neighbor: Neighbor, now: float) -> list[Action]:
         """A neighbor learned elsewhere (the supervisor's delta): store it, release holds."""
         self.neighbors.put(neighbor)
+        return self.release_held(neighbor, now)
+
+    def release_held(self, neighbor: Neighbor, now: float) -> list[Action]:
+        """Frames held for a neighbor now in the cache (a replica stored it) go out."""
         actions: list[Action] = []
         if self.hold.destinations:
             self._release(neighbor.group, neighbor.address, now, actions)
@@ -645,18 +595,6 @@ class Engine:
             if d is not None
         ]
         return min(deadlines, default=None)
-
-
-def answers_early(frame: bytes) -> bool:
-    """Whether `Engine.answer_solicitation` looks at this frame at all: a multicast NS
-    right after the IPv6 header (the worker's answer socket filters the same)."""
-    return (
-        len(frame) >= 78
-        and frame[20] == 58
-        and frame[54] == NDType.NEIGHBOR_SOLICITATION
-        and frame[38] == 0xFF
-        and frame[12:14] == b"\x86\xdd"
-    )
 
 
 def _link_layer_option(options: tuple, kind: int) -> bytes | None:

@@ -17,11 +17,24 @@ from dataclasses import dataclass
 
 from portier.drops import DropReason, FrameError
 
+# Where things sit in an Ethernet frame carrying IPv6: the one place that says so.  The
+# packet path reads frames by these names (slices for the byte strings, offsets for the
+# single bytes), never by literal numbers.
 ETH_HLEN = 14
 IPV6_HLEN = 40
+DST_MAC = slice(0, 6)
+SRC_MAC = slice(6, 12)
+ETHERTYPE = slice(12, 14)
+ETHERTYPE_OFFSET = 12  # two bytes
 L3_OFFSET = ETH_HLEN
+VERSION_OFFSET = L3_OFFSET  # the high nibble
+PAYLOAD_LENGTH_OFFSET = L3_OFFSET + 4  # two bytes, big-endian
+NEXT_HEADER_OFFSET = L3_OFFSET + 6
+HOP_LIMIT_OFFSET = L3_OFFSET + 7
 SRC_OFFSET = ETH_HLEN + 8
 DST_OFFSET = ETH_HLEN + 24
+SRC = slice(SRC_OFFSET, SRC_OFFSET + 16)
+DST = slice(DST_OFFSET, DST_OFFSET + 16)
 L4_OFFSET = ETH_HLEN + IPV6_HLEN
 ETHERTYPE_IPV6 = 0x86DD
 ETHERTYPE_IPV6_BYTES = b"\x86\xdd"

@@ -47,7 +47,12 @@ NA_FLAG_SOLICITED = 0x40
 NA_FLAG_OVERRIDE = 0x20
 PI_FLAG_ON_LINK = 0x80
 PI_FLAG_AUTONOMOUS = 0x40
-RA_FLAGS_OFFSET = 5  # within the ICMPv6 message
+# Offsets within the ICMPv6 message.
+CODE_OFFSET = 1
+CHECKSUM_OFFSET = 2  # two bytes
+RA_FLAGS_OFFSET = 5
+NA_FLAGS_OFFSET = 4
+TARGET_OFFSET = 8  # NS and NA: the 16-byte target address
 
 
 # --- options -------------------------------------------------------------------------

@@ -1,20 +1,47 @@
-"""State replication from the supervisor to the workers, in wire form.
+"""State replication from the supervisor to the workers: every message and op, both ends.
 
-The supervisor owns the state; each worker keeps a replica.  A snapshot carries the
-whole topology and neighbor cache; a delta carries a list of changes, numbered per
-worker, so that a worker that sees a gap asks for a fresh snapshot.  The topology is
-small (tens of interfaces), so a topology change ships the whole topology; neighbors
-change often and ship one entry at a time.
+The supervisor owns the state; each worker keeps a replica.  This module is the whole
+protocol: the supervisor builds its messages with the constructors below (a snapshot
+carries the whole topology and neighbor cache; a delta carries a list of changes,
+numbered per worker), and a worker applies them with `Replica`, which also decides when
+the replica is stale (a gap in the numbering, or a message it cannot apply) and asks for
+a fresh snapshot.  The topology is small (tens of interfaces), so a topology change ships
+the whole topology; neighbors change often and ship one entry at a time.  Every op is
+checked before anything is applied: an unknown op is an error that makes the worker
+resync, never something skipped.  No I/O: the worker sends what `Replica` asks for.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from portier.groups import DisableReason, Group, Interface, Topology
-from portier.neighbors import NeighborCache
+from portier.neighbors import Neighbor, NeighborCache
 from portier.schema import SchemaError, neighbor_from_wire, neighbor_to_wire
 from portier.status import Code, Status
+
+Change = dict[str, Any]
+
+OP_TOPOLOGY = "topology"
+OP_NEIGHBOR = "neighbor"
+OP_NEIGHBOR_REMOVED = "neighbor_removed"
+OP_FLUSH = "flush"
+OPS = frozenset({OP_TOPOLOGY, OP_NEIGHBOR, OP_NEIGHBOR_REMOVED, OP_FLUSH})
+# The seq a worker reports when it holds no replica.
+NO_SEQ = -1
+
+
+class UnknownOpError(SchemaError):
+    """A delta carried an op this side does not know (a newer or broken supervisor)."""
+
+
+def _invalid(message: str) -> SchemaError:
+    return SchemaError(Status(Code.INVALID_ARGUMENT, message))
+
+
+# --- topology in wire form --------------------------------------------------------------
 
 
 def topology_to_wire(topology: Topology) -> dict[str, Any]:
@@ -48,40 +75,108 @@ def topology_to_wire(topology: Topology) -> dict[str, Any]:
     }
 
 
-def apply_topology(topology: Topology, data: dict[str, Any]) -> None:
-    """Replace `topology`'s contents with the wire form, in place (the engine keeps it)."""
+def _typed(value: object, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+        raise _invalid(f"bad topology: {what} has the wrong type")
+    return value
+
+
+def _address_bytes(value: object, sizes: tuple[int, ...], what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) not in sizes:
+        raise _invalid(f"bad topology: {what} must be {' or '.join(map(str, sizes))} bytes")
+    return value
+
+
+def _time(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise _invalid(f"bad topology: {what} is not a time")
+    return float(value)
+
+
+def _interface_from_wire(item: dict[str, Any]) -> Interface:
+    name = _typed(item["name"], str, "interface name")
+    until = item["loop_disabled_until"]
+    interface = Interface(
+        name=name,
+        ifindex=_typed(item["ifindex"], int, f"{name} ifindex"),
+        mac=_address_bytes(item["mac"], (0, 6), f"{name} mac"),
+        mtu=_typed(item["mtu"], int, f"{name} mtu"),
+        addresses=frozenset(
+            _address_bytes(a, (16,), f"{name} address")
+            for a in _typed(item["addresses"], list, f"{name} addresses")
+        ),
+        group=item["group"] if item["group"] is None else _typed(item["group"], str, "group"),
+        disable_reasons={DisableReason(r) for r in _typed(item["disable_reasons"], list, name)},
+        loop_disabled_until=None if until is None else _time(until, f"{name} loop disable"),
+    )
+    interface.enabled = not interface.disable_reasons
+    return interface
+
+
+def _group_from_wire(item: dict[str, Any]) -> Group:
+    name = _typed(item["name"], str, "group name")
+    members = [_typed(m, str, f"{name} member") for m in _typed(item["members"], list, name)]
+    upstream = item["upstream"]
+    group = Group(name, members, None if upstream is None else _typed(upstream, str, "upstream"))
+    for entry in _typed(item["onlink_prefixes"], list, f"{name} prefixes"):
+        prefix, length, until = _typed(entry, list, f"{name} prefix")
+        _typed(length, int, f"{name} prefix length")
+        if not 0 <= length <= 128:
+            raise _invalid(f"bad topology: {name} prefix length {length}")
+        key = (_address_bytes(prefix, (16,), f"{name} prefix"), length)
+        group.onlink_prefixes[key] = _time(until, f"{name} prefix lifetime")
+    return group
+
+
+def topology_from_wire(data: object) -> Topology:
+    """A checked Topology from its wire form; SchemaError when anything is malformed."""
     try:
-        interfaces = {}
-        for item in data["interfaces"]:
-            interface = Interface(
-                name=str(item["name"]),
-                ifindex=int(item["ifindex"]),
-                mac=bytes(item["mac"]),
-                mtu=int(item["mtu"]),
-                addresses=frozenset(bytes(a) for a in item["addresses"]),
-                group=item["group"],
-                disable_reasons={DisableReason(r) for r in item["disable_reasons"]},
-                loop_disabled_until=item["loop_disabled_until"],
-            )
-            interface.enabled = not interface.disable_reasons
-            interfaces[interface.name] = interface
-        groups = {}
-        for item in data["groups"]:
-            group = Group(str(item["name"]), [str(m) for m in item["members"]], item["upstream"])
-            for prefix, length, until in item["onlink_prefixes"]:
-                group.onlink_prefixes[(bytes(prefix), int(length))] = float(until)
-            groups[group.name] = group
-        nested = bool(data["nested"])
-        loop_disable_s = float(data["loop_disable_s"])
+        if not isinstance(data, dict):
+            raise _invalid("bad topology: not a map")
+        interfaces = {i.name: i for i in map(_interface_from_wire, data["interfaces"])}
+        groups = {g.name: g for g in map(_group_from_wire, data["groups"])}
+        topology = Topology(
+            nested=bool(_typed(data["nested"], bool, "nested")),
+            loop_disable_s=_time(data["loop_disable_s"], "loop_disable_s"),
+        )
     except (KeyError, TypeError, ValueError) as exc:
-        raise SchemaError(Status(Code.INVALID_ARGUMENT, f"bad topology: {exc!r}")) from None
-    topology.interfaces.clear()
+        raise _invalid(f"bad topology: {exc!r}") from None
+    # The engine trusts these links (a member's interface, a member's group): check them.
+    for group in groups.values():
+        for member in group.members:
+            if member not in interfaces or interfaces[member].group != group.name:
+                raise _invalid(f"bad topology: member {member} of {group.name} is not bound to it")
+        if group.upstream is not None and group.upstream not in group.members:
+            raise _invalid(f"bad topology: upstream {group.upstream} is no member of {group.name}")
+    for interface in interfaces.values():
+        group_name = interface.group
+        members = groups[group_name].members if group_name in groups else ()
+        if group_name is not None and interface.name not in members:
+            raise _invalid(f"bad topology: {interface.name} is in no group {group_name}")
     topology.interfaces.update(interfaces)
-    topology.groups.clear()
     topology.groups.update(groups)
-    topology.nested = nested
-    topology.loop_disable_s = loop_disable_s
+    return topology
+
+
+def apply_topology(topology: Topology, data: object) -> None:
+    """Replace `topology`'s contents with the wire form, in place (the engine keeps it).
+
+    Everything is checked first: on SchemaError `topology` is unchanged.
+    """
+    _replace_topology(topology, topology_from_wire(data))
+
+
+def _replace_topology(topology: Topology, fresh: Topology) -> None:
+    topology.interfaces.clear()
+    topology.interfaces.update(fresh.interfaces)
+    topology.groups.clear()
+    topology.groups.update(fresh.groups)
+    topology.nested = fresh.nested
+    topology.loop_disable_s = fresh.loop_disable_s
     topology.invalidate()
+
+
+# --- messages, supervisor -> worker ------------------------------------------------------
 
 
 def snapshot_to_wire(topology: Topology, neighbors: NeighborCache) -> dict[str, Any]:
@@ -91,27 +186,175 @@ def snapshot_to_wire(topology: Topology, neighbors: NeighborCache) -> dict[str, 
     }
 
 
+def snapshot_message(seq: int, topology: Topology, neighbors: NeighborCache) -> dict[str, Any]:
+    """The whole state; the deltas that follow are numbered from `seq` + 1."""
+    return {"kind": "snapshot", "seq": seq, "state": snapshot_to_wire(topology, neighbors)}
+
+
+def delta_message(seq: int, changes: list[Change]) -> dict[str, Any]:
+    return {"kind": "delta", "seq": seq, "changes": changes}
+
+
+def heartbeat_message() -> dict[str, Any]:
+    return {"kind": "heartbeat"}
+
+
+def resync_message(seq: int | None) -> dict[str, Any]:
+    """Worker -> supervisor: send me a snapshot (`seq`: what I hold, None: nothing)."""
+    return {"kind": "resync", "seq": NO_SEQ if seq is None else seq}
+
+
+def change_topology(topology: Topology) -> Change:
+    return {"op": OP_TOPOLOGY, "topology": topology_to_wire(topology)}
+
+
+def change_neighbor(neighbor: Neighbor) -> Change:
+    return {"op": OP_NEIGHBOR, "neighbor": neighbor_to_wire(neighbor)}
+
+
+def change_neighbor_removed(group: str, address: bytes) -> Change:
+    return {"op": OP_NEIGHBOR_REMOVED, "group": group, "address": address}
+
+
+def change_flush(group: str | None) -> Change:
+    """Forget every neighbor (of one group)."""
+    return {"op": OP_FLUSH, "group": group}
+
+
+# --- applying, on the worker ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    op: str
+    topology: Topology | None = None
+    neighbor: Neighbor | None = None
+    group: str | None = None
+    address: bytes = b""
+
+
+def _decode_change(change: object) -> _Op:
+    if not isinstance(change, dict):
+        raise _invalid("bad change: not a map")
+    op = change.get("op")
+    if op not in OPS:
+        raise UnknownOpError(Status(Code.INVALID_ARGUMENT, f"unknown replication op {op!r}"[:200]))
+    try:
+        if op == OP_TOPOLOGY:
+            return _Op(op, topology=topology_from_wire(change["topology"]))
+        if op == OP_NEIGHBOR:
+            return _Op(op, neighbor=neighbor_from_wire(change["neighbor"]))
+        group = change["group"]
+        if op == OP_FLUSH:
+            if group is not None and not isinstance(group, str):
+                raise _invalid("bad flush: group must be a string or nil")
+            return _Op(op, group=group)
+        address = change["address"]
+        if not isinstance(group, str) or not isinstance(address, bytes) or len(address) != 16:
+            raise _invalid("bad neighbor_removed: group string and 16-byte address wanted")
+        return _Op(op, group=group, address=address)
+    except KeyError as exc:
+        raise _invalid(f"bad {op}: missing {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one message did to a replica, and what the worker must do about it."""
+
+    applied: bool = False  # the replica changed
+    topology_changed: bool = False
+    # Neighbors stored or replaced: frames held for them may go now.
+    neighbors: tuple[Neighbor, ...] = ()
+    removed: tuple[tuple[str, bytes], ...] = ()  # (group, address)
+    flushed: bool = False  # neighbors forgotten wholesale
+    # Send resync_message(resync_seq): the replica is stale until the snapshot comes.
+    resync: bool = False
+    resync_seq: int | None = None
+    error: Status | None = None
+    unknown_op: bool = False
+
+
+class Replica:
+    """A worker's copy of the topology and neighbor cache, kept by snapshot and deltas.
+
+    `seq` is None while the replica is stale (before the first snapshot, after a gap or
+    a message that could not be applied): the worker must then neither forward nor
+    answer with it.
+    """
+
+    def __init__(self, topology: Topology, neighbors: NeighborCache) -> None:
+        self.topology = topology
+        self.neighbors = neighbors
+        self.seq: int | None = None
+
+    @property
+    def stale(self) -> bool:
+        return self.seq is None
+
+    def apply(self, message: dict[str, Any]) -> Outcome:
+        """Apply a decoded snapshot or delta (schema.decode_worker checked its fields)."""
+        held = self.seq
+        try:
+            if message["kind"] == "snapshot":
+                return self._snapshot(message["seq"], message["state"])
+            if message["kind"] == "delta":
+                if held is None or message["seq"] != held + 1:
+                    self.seq = None
+                    return Outcome(resync=True, resync_seq=held)
+                outcome = self._delta(message["changes"])
+                self.seq = message["seq"]
+                return outcome
+            raise _invalid(f"{message['kind']} is no replication message")
+        except SchemaError as exc:
+            self.seq = None
+            # Everything is checked before it is applied: the replica is unchanged.
+            return Outcome(
+                resync=True,
+                error=exc.status,
+                unknown_op=isinstance(exc, UnknownOpError),
+            )
+
+    def _snapshot(self, seq: int, state: object) -> Outcome:
+        if not isinstance(state, dict) or not isinstance(state.get("neighbors"), list):
+            raise _invalid("snapshot without neighbors")
+        entries = [neighbor_from_wire(item) for item in state["neighbors"]]
+        apply_topology(self.topology, state.get("topology"))
+        self.neighbors.flush()
+        for entry in sorted(entries, key=lambda e: e.last_seen):
+            self.neighbors.put(entry)
+        self.seq = seq
+        return Outcome(applied=True, topology_changed=True, neighbors=tuple(entries), flushed=True)
+
+    def _delta(self, changes: list[Any]) -> Outcome:
+        ops = [_decode_change(change) for change in changes]  # all checked, then applied
+        topology_changed = flushed = False
+        stored: list[Neighbor] = []
+        removed: list[tuple[str, bytes]] = []
+        for op in ops:
+            if op.topology is not None:
+                _replace_topology(self.topology, op.topology)
+                topology_changed = True
+            elif op.neighbor is not None:
+                self.neighbors.put(op.neighbor)
+                stored.append(op.neighbor)
+            elif op.op == OP_NEIGHBOR_REMOVED:
+                assert op.group is not None
+                self.neighbors.remove(op.group, op.address)
+                removed.append((op.group, op.address))
+            else:
+                self.neighbors.flush(op.group)
+                flushed = True
+        return Outcome(
+            applied=bool(ops),
+            topology_changed=topology_changed,
+            neighbors=tuple(stored),
+            removed=tuple(removed),
+            flushed=flushed,
+        )
+
+
 def apply_snapshot(topology: Topology, neighbors: NeighborCache, state: dict[str, Any]) -> None:
-    if not isinstance(state, dict) or not isinstance(state.get("neighbors"), list):
-        raise SchemaError(Status(Code.INVALID_ARGUMENT, "snapshot without neighbors"))
-    entries = [neighbor_from_wire(item) for item in state["neighbors"]]
-    apply_topology(topology, state.get("topology", {}))
-    neighbors.flush()
-    for entry in sorted(entries, key=lambda e: e.last_seen):
-        neighbors.put(entry)
-
-
-# Delta changes, each a small map:
-#   {"op": "topology", "topology": {...}}
-#   {"op": "neighbor", "neighbor": {...}}
-#   {"op": "neighbor_removed", "group": str, "address": bytes}
-def change_topology(topology: Topology) -> dict[str, Any]:
-    return {"op": "topology", "topology": topology_to_wire(topology)}
-
-
-def change_neighbor(neighbor: Any) -> dict[str, Any]:
-    return {"op": "neighbor", "neighbor": neighbor_to_wire(neighbor)}
-
-
-def change_neighbor_removed(group: str, address: bytes) -> dict[str, Any]:
-    return {"op": "neighbor_removed", "group": group, "address": address}
+    """Replace the whole state with a snapshot's (restoring saved state, tests)."""
+    outcome = Replica(topology, neighbors).apply({"kind": "snapshot", "seq": 0, "state": state})
+    if outcome.error is not None:
+        raise SchemaError(outcome.error)

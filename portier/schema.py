@@ -9,6 +9,7 @@ was wrong; no other exception leaves it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,11 @@ SCHEMA_VERSION = 1
 ND_RELAY_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 MAX_CONTROL_BYTES = 64 * 1024
 MAX_WORKER_BYTES = 16 * 1024 * 1024
+# Bounds on what a worker reports: far above anything real, low enough that a bad value
+# can never make the supervisor allocate or loop without end.
+MAX_LINK_ADDRESSES = 1024
+MAX_LEARNED_BATCH = 4096
+MAX_INT32 = (1 << 31) - 1
 
 
 class SchemaError(Exception):
@@ -76,18 +82,18 @@ _NEIGHBOR = (
     _f("reachable_until", *_NUMBER),
 )
 
-# Worker channel: kind -> fields of the message itself.
+_LINK_FIELDS = (
+    _f("ifindex", int),
+    _f("mac", bytes),
+    _f("mtu", int),
+    _f("addresses", list),
+    _f("up", bool),
+)
+
+# Worker channel: kind -> fields of the message itself (values checked further below).
 WORKER_KINDS: dict[str, tuple[Field, ...]] = {
     # worker -> supervisor
-    "hello": (
-        _f("interface", str),
-        _f("pid", int),
-        _f("ifindex", int),
-        _f("mac", bytes),
-        _f("mtu", int),
-        _f("addresses", list),
-        _f("up", bool),
-    ),
+    "hello": (_f("interface", str), _f("pid", int), *_LINK_FIELDS),
     "learned": (_f("neighbors", list),),
     "loop": (_f("interface", str), _f("group", str), _f("until", *_NUMBER)),
     "prefix": (
@@ -96,14 +102,7 @@ WORKER_KINDS: dict[str, tuple[Field, ...]] = {
         _f("length", int),
         _f("valid_until", *_NUMBER),
     ),
-    "link": (
-        _f("interface", str),
-        _f("ifindex", int),
-        _f("mac", bytes),
-        _f("mtu", int),
-        _f("addresses", list),
-        _f("up", bool),
-    ),
+    "link": (_f("interface", str), *_LINK_FIELDS),
     "heartbeat": (
         _f("counters", dict, required=False),
         _f("drops", dict, required=False),
@@ -213,10 +212,76 @@ def decode_worker(raw: bytes) -> dict[str, Any]:
     if fields is None or not isinstance(kind, str):
         raise _invalid(f"unknown message kind {kind!r}")
     _check(fields, data, kind)
-    if kind == "learned":
-        for item in data["neighbors"]:
-            check_neighbor(item)
+    check_values = _VALUE_CHECKS.get(kind)
+    if check_values is not None:
+        check_values(data)
     return data
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFacts:
+    """What a worker says of its interface (hello, link), checked."""
+
+    ifindex: int  # 0: the interface does not exist
+    mac: bytes
+    mtu: int
+    addresses: tuple[bytes, ...]
+    up: bool
+
+
+def link_facts(report: object) -> LinkFacts:
+    """The checked link facts of a hello or link report; SchemaError when malformed."""
+    if not isinstance(report, dict):
+        raise _invalid("link report must be a map")
+    _check(_LINK_FIELDS, report, "link")
+    ifindex, mac, mtu, addresses = (report[k] for k in ("ifindex", "mac", "mtu", "addresses"))
+    if not 0 <= ifindex <= MAX_INT32:
+        raise _invalid(f"link: ifindex {ifindex} out of range")
+    if not 0 <= mtu <= MAX_INT32:
+        raise _invalid(f"link: mtu {mtu} out of range")
+    if len(mac) not in (0, 6):
+        raise _invalid(f"link: mac must be 6 bytes (or empty), not {len(mac)}")
+    if len(addresses) > MAX_LINK_ADDRESSES:
+        raise _invalid(f"link: {len(addresses)} addresses, at most {MAX_LINK_ADDRESSES}")
+    if not all(isinstance(a, bytes) and len(a) == 16 for a in addresses):
+        raise _invalid("link: addresses must be 16-byte strings")
+    return LinkFacts(ifindex, mac, mtu, tuple(addresses), report["up"])
+
+
+def _check_hello(data: dict[str, Any]) -> None:
+    if not 0 < data["pid"] <= MAX_INT32:
+        raise _invalid(f"hello: pid {data['pid']} out of range")
+    link_facts(data)
+
+
+def _check_learned(data: dict[str, Any]) -> None:
+    items = data["neighbors"]
+    if len(items) > MAX_LEARNED_BATCH:
+        raise _invalid(f"learned: {len(items)} neighbors, at most {MAX_LEARNED_BATCH}")
+    for item in items:
+        check_neighbor(item)
+
+
+def _check_prefix(data: dict[str, Any]) -> None:
+    if len(data["prefix"]) != 16 or not 0 <= data["length"] <= 128:
+        raise _invalid("prefix: prefix must be 16 bytes and length 0..128")
+    valid_until = data["valid_until"]
+    if math.isnan(valid_until) or valid_until < 0:  # inf: an infinite lifetime
+        raise _invalid(f"prefix: valid_until {valid_until!r}")
+
+
+def _check_loop(data: dict[str, Any]) -> None:
+    if not math.isfinite(data["until"]):
+        raise _invalid(f"loop: until {data['until']!r}")
+
+
+_VALUE_CHECKS = {
+    "hello": _check_hello,
+    "link": link_facts,
+    "learned": _check_learned,
+    "prefix": _check_prefix,
+    "loop": _check_loop,
+}
 
 
 def request(op: str, request_id: int | str, args: dict[str, Any] | None = None) -> bytes:
@@ -241,6 +306,8 @@ def check_neighbor(item: object) -> dict[str, Any]:
     _check(_NEIGHBOR, item, "neighbor")
     if len(item["address"]) != 16 or len(item["mac"]) != 6:
         raise _invalid("neighbor: address must be 16 bytes and mac 6 bytes")
+    if any(math.isnan(item[name]) for name in ("first_seen", "last_seen", "reachable_until")):
+        raise _invalid("neighbor: a time is not a number")
     return item
 
 

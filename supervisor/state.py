@@ -14,14 +14,14 @@ from portier.config import Config
 from portier.groups import DisableReason, Topology
 from portier.neighbors import Neighbor, NeighborCache
 from portier.replication import (
+    Change,
+    change_flush,
     change_neighbor,
     change_neighbor_removed,
     change_topology,
 )
-from portier.schema import neighbor_from_wire
+from portier.schema import link_facts, neighbor_from_wire
 from portier.status import OK, Status
-
-Change = dict[str, Any]
 
 
 class ProxyState:
@@ -63,24 +63,26 @@ class ProxyState:
 
     def flush(self, group: str | None) -> tuple[list[Change], int]:
         count = len(self.neighbors.flush(group))
-        return [{"op": "flush", "group": group}], count
+        return [change_flush(group)], count
 
     # --- reports from workers --------------------------------------------------------
 
     def on_link(self, name: str, report: dict[str, Any]) -> list[Change]:
+        """A worker's hello or link report; SchemaError (nothing applied) when malformed."""
+        facts = link_facts(report)
         interface = self.topology.interfaces.get(name)
         if interface is None:
             return []
         self.topology.update_link(
             name,
-            ifindex=report["ifindex"],
-            mac=bytes(report["mac"]),
-            mtu=report["mtu"],
-            addresses=[bytes(a) for a in report["addresses"]],
+            ifindex=facts.ifindex,
+            mac=facts.mac,
+            mtu=facts.mtu,
+            addresses=facts.addresses,
         )
-        present = report["ifindex"] != 0
+        present = facts.ifindex != 0
         self.topology.set_reason(name, DisableReason.NOT_PRESENT, not present)
-        self.topology.set_reason(name, DisableReason.LINK_DOWN, present and not report["up"])
+        self.topology.set_reason(name, DisableReason.LINK_DOWN, present and not facts.up)
         return self.topology_changed()
 
     def on_learned(self, name: str, items: list[Any]) -> tuple[list[Change], list[Neighbor]]:

@@ -7,16 +7,19 @@ woken with the frame in hand and does nothing else first.  Measured here, resolu
 through the proxy (router's first ping, p50) took 0.22-0.23 ms this way against
 0.26-0.33 ms with the answer computed first in the main loop (three A/B runs).
 
-So multicast NS right after the IPv6 header (portier.engine.answers_early: the answer
+So multicast NS right after the IPv6 header (portier.answers.answers_early: the answer
 socket's filter takes just those, the main ND socket's filter leaves them out) come in
-here.  The thread answers the ones the proxy answers (Engine.answer_solicitation,
-which only reads the replica), then hands every frame to the main loop over an inproc
-socket, saying whether it answered; the main loop relays, learns and counts as for any
-ND frame, and answers what the thread did not if it can by then.  The main loop sleeps
-in poll() meanwhile, so the thread rarely waits for the interpreter lock.  After the
-interface's sockets are reopened, the thread may take up to ANSWER_RECEIVE_TIMEOUT_S
-to leave the old one (a closed socket does not wake a blocked recv()); frames wait in
-the new one meanwhile.
+here.  The thread answers the ones the proxy answers (portier.answers.EarlyAnswers,
+which reads nothing but the frozen table the main loop last published: the thread never
+touches the replica the main loop changes), then hands every frame to the main loop
+over an inproc socket, saying whether it answered; the main loop relays, learns and
+counts as for any ND frame, and answers what the thread did not if it can by then.
+While the replica is stale (`hold`), the thread reads nothing: frames wait in the socket
+as they do for the main loop.  The main loop sleeps in poll() meanwhile, so the thread
+rarely waits for the interpreter lock.  After the interface's sockets are reopened, the
+thread may take up to ANSWER_RECEIVE_TIMEOUT_S to leave the old one (a closed socket
+does not wake a blocked recv()); frames wait in the new one meanwhile.  Its counters
+are its own (a plain dict only it writes; the heartbeat copies it).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import zmq
@@ -36,7 +38,9 @@ from portier.workers import packetio
 
 log = logging.getLogger("portier.worker")
 
-FRAME_MAX = 4096  # an NS with any options fits
+# The largest IPv6 packet short of a jumbogram, with its Ethernet header: any NS fits
+# whatever the MTU; anything longer is counted and dropped, never judged cut short.
+FRAME_MAX = 14 + 40 + 0xFFFF
 # perf_counter at receipt (for the relay histogram), and whether the thread answered:
 # if not, the main loop asks again with what it knows then (the replica may have been
 # empty, before the first snapshot).
@@ -56,8 +60,9 @@ class Answerer:
         self.context = context
         self.endpoint = endpoint
         self.sock: socket.socket | None = None
-        self.counters: Counter[str] = Counter()
+        self.counters: dict[str, int] = {}
         self.stopping = False
+        self.held = True  # until the first snapshot
         self._attached = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"answer-{interface}", daemon=True)
 
@@ -67,7 +72,15 @@ class Answerer:
     def attach(self, sock: socket.socket | None) -> None:
         """Read `sock` from now on (None: nothing until the next one)."""
         self.sock = sock
-        if sock is not None:
+        self._wake()
+
+    def hold(self, held: bool) -> None:
+        """Read nothing while `held` (the replica is stale); frames wait in the socket."""
+        self.held = held
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.sock is not None and not self.held:
             self._attached.set()
 
     def stop(self) -> None:
@@ -83,12 +96,13 @@ class Answerer:
         try:
             while not self.stopping:
                 sock = self.sock
-                if sock is None:
+                if sock is None or self.held:
                     self._attached.wait(1.0)
                     self._attached.clear()
                     continue
                 try:
-                    size = sock.recv_into(buffer)
+                    # MSG_TRUNC: the frame's real size, so that a longer one is seen as such.
+                    size = sock.recv_into(buffer, 0, socket.MSG_TRUNC)
                 except (BlockingIOError, InterruptedError):
                     continue  # the receive timeout: look at `stopping` again
                 except OSError as exc:
@@ -96,6 +110,9 @@ class Answerer:
                     if exc.errno not in (errno.EBADF, errno.ENETDOWN, errno.ENODEV, errno.ENXIO):
                         self._count_error("answer_rx", exc)
                     time.sleep(0.01)
+                    continue
+                if size > len(buffer) or size <= packetio.VNET_HDR_LEN:
+                    self._count("answer_rx_oversized" if size > len(buffer) else "answer_rx_short")
                     continue
                 received_at = time.perf_counter()
                 header = bytes(view[: packetio.VNET_HDR_LEN])
@@ -109,7 +126,7 @@ class Answerer:
                         [header, frame, STAMP.pack(received_at, answered)], zmq.NOBLOCK
                     )
                 except zmq.Again:
-                    self.counters["answer_relay_queue_full"] += 1
+                    self._count("answer_relay_queue_full")
         finally:
             relay.close()
 
@@ -117,9 +134,8 @@ class Answerer:
         """Send the answer to `frame` if the proxy gives one; whether it did."""
         try:
             reply = self.answer(frame, time.monotonic())
-        except Exception:  # the replica changed under us: lose this answer, not the thread
-            self.counters["answer_errors"] += 1
-            errors = self.counters["answer_errors"]
+        except Exception:  # a bug costs this answer, not the thread
+            errors = self._count("answer_errors")
             if errors & (errors - 1) == 0:  # 1, 2, 4, 8, ...
                 log.exception("answering an NS failed (%d so far)", errors)
             return False
@@ -133,4 +149,9 @@ class Answerer:
         return True
 
     def _count_error(self, what: str, exc: OSError) -> None:
-        self.counters[f"{what}_{errno.errorcode.get(exc.errno or 0, 'error').lower()}"] += 1
+        self._count(f"{what}_{errno.errorcode.get(exc.errno or 0, 'error').lower()}")
+
+    def _count(self, key: str) -> int:
+        count = self.counters.get(key, 0) + 1
+        self.counters[key] = count
+        return count

@@ -3,8 +3,13 @@
 It connects a DEALER (routing id = its interface name) to the supervisor, says hello,
 and forwards only once the supervisor's snapshot has arrived: frames that come in before
 then wait in the socket buffer instead of being judged against an empty state.  It keeps
-the replica current from numbered deltas (a gap makes it ask for a snapshot), reports
-what it learns in batches, and heartbeats with its counters.  It never logs per packet.
+the replica current from numbered deltas (portier.replication: a gap or a message it
+cannot apply makes it ask for a snapshot, and it neither forwards nor answers until
+then), reports what it learns in batches, and heartbeats with its counters.  A silent
+supervisor (stopped, or stalled) does not stop it: it forwards on with its replica and
+asks for a snapshot once the supervisor speaks again; it dies with the supervisor's
+process (PDEATHSIG).  The answer thread reads only the frozen answer table this loop
+publishes (portier.answers), never the replica itself.  It never logs per packet.
 """
 
 from __future__ import annotations
@@ -26,13 +31,22 @@ from typing import Any
 import zmq
 
 from portier import logs, schema
+from portier.answers import AnswerTables, EarlyAnswers
 from portier.drops import DropReason
-from portier.engine import Dropped, Engine, Learned, LoopDetected, PrefixLearned, Transmit
+from portier.engine import (
+    Dropped,
+    Engine,
+    Expired,
+    Learned,
+    LoopCleared,
+    LoopDetected,
+    PrefixLearned,
+    Transmit,
+)
 from portier.groups import Topology
 from portier.neighbors import NeighborCache
-from portier.replication import apply_snapshot, apply_topology
-from portier.schema import ND_RELAY_BUCKETS_S, SchemaError, neighbor_from_wire, neighbor_to_wire
-from portier.status import Code, Status
+from portier.replication import NO_SEQ, Outcome, Replica, resync_message
+from portier.schema import ND_RELAY_BUCKETS_S, SchemaError, neighbor_to_wire
 from portier.workers import packetio
 from portier.workers.answerer import STAMP, Answerer
 from portier.workers.linkwatch import LinkWatch
@@ -73,7 +87,15 @@ def _die_with_parent() -> None:
 
 
 class Worker:
-    def __init__(self, interface: str, endpoint: str, *, capacity: int, lifetime_s: float) -> None:
+    def __init__(
+        self,
+        interface: str,
+        endpoint: str,
+        *,
+        capacity: int,
+        lifetime_s: float,
+        silence_s: float = SUPERVISOR_SILENCE_S,
+    ) -> None:
         self.interface = interface
         self.context: zmq.Context = zmq.Context.instance()
         self.channel = self.context.socket(zmq.DEALER)
@@ -83,7 +105,7 @@ class Worker:
         self.topology = Topology()
         self.neighbors = NeighborCache(capacity=capacity, lifetime_s=lifetime_s)
         self.engine = Engine(self.topology, self.neighbors)
-        self.seq: int | None = None  # None until the first snapshot
+        self.replica = Replica(self.topology, self.neighbors)
         self.link = LinkWatch(interface)
         self.receivers: list[socket.socket] = []
         self.senders: dict[str, tuple[int, socket.socket]] = {}
@@ -97,19 +119,24 @@ class Worker:
         self.learned: list[dict[str, Any]] = []
         self.learned_since = 0.0
         self.last_heard = time.monotonic()
+        self.supervisor_silent = False
+        self.silence_s = silence_s
         self.stopping = False
         self.buffer = bytearray(packetio.RECV_BUFFER_BYTES)
         self.view = memoryview(self.buffer)
-        # Multicast NS come from the answer thread, answered first (answerer.py).
+        # Multicast NS come from the answer thread, answered first (answerer.py), from
+        # the tables this thread publishes to `early` (portier.answers).
+        self.answer_tables = AnswerTables(interface)
+        self.early = EarlyAnswers()
         self.answered = self.context.socket(zmq.PULL)
         endpoint = f"inproc://answered-{interface}-{id(self):x}"  # closing is not instant
         self.answered.bind(endpoint)
-        self.answerer = Answerer(interface, self._answer, self.context, endpoint)
+        self.answerer = Answerer(interface, self.early.answer, self.context, endpoint)
 
-    def _answer(self, frame: bytes, now: float) -> bytes | None:
-        """For the answer thread: the NA to send for a multicast NS, if we answer it."""
-        answer = self.engine.answer_solicitation(self.interface, frame, now)
-        return answer.frame if answer is not None else None
+    @property
+    def seq(self) -> int | None:
+        """The replica's sequence number; None while it is stale."""
+        return self.replica.seq
 
     # --- channel -----------------------------------------------------------------
 
@@ -129,44 +156,63 @@ class Worker:
             self.counters["channel_bad_messages"] += 1
             log.warning("bad message from supervisor: %s", exc.status)
             return
-        self.last_heard = time.monotonic()
-        kind = message["kind"]
-        try:
-            if kind == "snapshot":
-                apply_snapshot(self.topology, self.neighbors, message["state"])
-                self.seq = message["seq"]
-                self._sync_own_link()
-                log.info("snapshot %d: %d neighbors", self.seq, len(self.neighbors))
-            elif kind == "delta":
-                if self.seq is None or message["seq"] != self.seq + 1:
-                    self.send("resync", seq=self.seq if self.seq is not None else -1)
-                    self.seq = None
-                    return
-                self.seq = message["seq"]
-                self._apply_changes(message["changes"])
-            elif kind == "command" and message["command"] == "stop":
-                self.stopping = True
-        except SchemaError as exc:
-            self.counters["channel_bad_messages"] += 1
-            log.warning("bad %s from supervisor: %s; asking for a snapshot", kind, exc.status)
-            self.send("resync", seq=-1)
-            self.seq = None
-
-    def _apply_changes(self, changes: list[Any]) -> None:
         now = time.monotonic()
-        for change in changes:
-            if not isinstance(change, dict):
-                raise SchemaError(Status(Code.INVALID_ARGUMENT, "bad change"))
-            op = change.get("op")
-            if op == "topology":
-                apply_topology(self.topology, change["topology"])
-                self._sync_own_link()
-            elif op == "neighbor":
-                self._handle(self.engine.on_neighbor(neighbor_from_wire(change["neighbor"]), now))
-            elif op == "neighbor_removed":
-                self.neighbors.remove(change["group"], bytes(change["address"]))
-            elif op == "flush":
-                self.neighbors.flush(change.get("group"))
+        self.last_heard = now
+        kind = message["kind"]
+        if self.supervisor_silent:
+            self.supervisor_silent = False
+            log.info("the supervisor speaks again; asking for a fresh snapshot")
+            if kind != "snapshot":
+                self.request_snapshot()
+        if kind in ("snapshot", "delta"):
+            self._on_replication(self.replica.apply(message), kind, now)
+        elif kind == "command" and message["command"] == "stop":
+            self.stopping = True
+        elif kind != "heartbeat":
+            self.counters["channel_unexpected_messages"] += 1
+
+    def request_snapshot(self) -> None:
+        self.counters["resyncs_requested"] += 1
+        self.send(**resync_message(self.replica.seq))
+
+    def _on_replication(self, outcome: Outcome, kind: str, now: float) -> None:
+        if outcome.resync:
+            # Stale from here until the snapshot: the answer thread stops answering now.
+            self._withdraw_answers()
+            if outcome.error is not None:
+                self.counters["channel_bad_messages"] += 1
+                if outcome.unknown_op:
+                    self.counters["channel_unknown_ops"] += 1
+                log.warning(
+                    "bad %s from supervisor: %s; asking for a snapshot", kind, outcome.error
+                )
+            self.counters["resyncs_requested"] += 1
+            self.send(**resync_message(outcome.resync_seq))
+            return
+        if kind == "snapshot":
+            log.info("snapshot %d: %d neighbors", self.replica.seq, len(self.neighbors))
+        if outcome.topology_changed:
+            self._sync_own_link()
+        if outcome.topology_changed or outcome.flushed:
+            self.answer_tables.topology_changed()
+        for neighbor in outcome.neighbors:
+            self.answer_tables.neighbor_changed(self.topology, neighbor)
+            self._handle(self.engine.release_held(neighbor, now))
+        for group, address in outcome.removed:
+            self.answer_tables.neighbor_removed(group, address)
+
+    def _withdraw_answers(self) -> None:
+        self.early.publish(None)
+        self.answerer.hold(True)
+
+    def publish_answers(self) -> None:
+        """Hand the answer thread the current table (a new one only after a change)."""
+        if self.replica.stale:
+            return
+        table = self.answer_tables.publish(self.topology, self.neighbors)
+        if table is not self.early.table:
+            self.early.publish(table)
+            self.answerer.hold(False)
 
     def _sync_own_link(self) -> None:
         """Our own link facts are fresher here than in the supervisor's echo."""
@@ -342,7 +388,14 @@ class Worker:
                 if not self.learned:
                     self.learned_since = time.monotonic()
                 self.learned.append(neighbor_to_wire(action.neighbor))
+                self.answer_tables.neighbor_changed(self.topology, action.neighbor)
+            elif kind is Expired:
+                entry = action.neighbor
+                self.answer_tables.neighbor_removed(entry.group, entry.address)
+            elif kind is LoopCleared:
+                self.answer_tables.topology_changed()
             elif kind is LoopDetected:
+                self.answer_tables.topology_changed()
                 allowed, held = self.log_limit.allow(f"loop {action.interface}")
                 if allowed:
                     log.warning(
@@ -384,13 +437,17 @@ class Worker:
         counters.update(self.engine.counters)
         counters.update({f"tx|{name}": count for name, count in self.transmitted.items()})
         counters.update({f"rx_nd|{kind}": count for kind, count in self.nd_types.items()})
-        counters.update(self.answerer.counters)
+        # The answer thread's counters are its own; a dict copy is one step under the GIL.
+        early = dict(self.early.counters)
+        counters.update(dict(self.answerer.counters))
+        counters["answered"] = self.engine.counters["answered"] + early["answered"]
+        counters.update({f"link_{key}": count for key, count in self.link.counters.items()})
         counters["replica_neighbors"] = len(self.neighbors)
         counters["engine_errors"] = self.engine_errors
         counters["held_frames"] = len(self.engine.hold)
         self.send(
             "heartbeat",
-            seq=self.seq if self.seq is not None else -1,
+            seq=NO_SEQ if self.seq is None else self.seq,
             counters=counters,
             drops=dict(self.drops),
             histograms={"nd_relay_seconds": self.relay.wire()},
@@ -418,11 +475,13 @@ class Worker:
                 registered = descriptors
             now = time.monotonic()
             deadline = next_heartbeat
-            engine_deadline = self.engine.next_deadline() if self.seq is not None else None
+            engine_deadline = None if self.replica.stale else self.engine.next_deadline()
             if engine_deadline is not None:
                 deadline = min(deadline, engine_deadline)
             if self.learned:
                 deadline = min(deadline, self.learned_since + LEARNED_FLUSH_S)
+            if self.link.pending:
+                deadline = min(deadline, self.link.retry_at)
             timeout_ms = max(0.0, (deadline - now) * 1000)
             ready = dict(poller.poll(math.ceil(timeout_ms)))
             if self.channel in ready:
@@ -432,9 +491,13 @@ class Worker:
                     except zmq.Again:
                         break
                     self.on_message(raw)
-            if self.link.fileno() in ready and self.link.read():
+            now = time.monotonic()
+            link_readable = self.link.fileno() in ready
+            if (link_readable and self.link.read(now)) or (
+                not link_readable and self.link.due(now) and self.link.retry(now)
+            ):
                 self._on_link_change()
-            if self.seq is not None and self.receivers:
+            if not self.replica.stale and self.receivers:
                 nd_sock, data_sock = self.receivers
                 if self.answered in ready:
                     self.drain_answered(FRAMES_PER_TURN)
@@ -444,21 +507,28 @@ class Worker:
                     # ND first: read it again before each further data batch.
                     self.drain(data_sock, False, FRAMES_PER_TURN)
             now = time.monotonic()
-            if self.seq is not None:
+            if not self.replica.stale:
                 due = self.engine.next_deadline()
                 if due is not None and due <= now:
                     self._handle(self.engine.poll(now))
+            self.publish_answers()
             self.flush_learned(now)
             if now >= next_heartbeat:
                 self.heartbeat()
                 next_heartbeat = now + HEARTBEAT_S
-                if now - self.last_heard > SUPERVISOR_SILENCE_S:
-                    log.error(
-                        "no word from the supervisor for %.0f s; exiting", SUPERVISOR_SILENCE_S
-                    )
-                    return 3
+                self.check_supervisor(now)
         self.flush_learned(time.monotonic(), force=True)
         return 0
+
+    def check_supervisor(self, now: float) -> None:
+        """Note a silent supervisor: forwarding goes on; its next word brings a resync."""
+        if not self.supervisor_silent and now - self.last_heard > self.silence_s:
+            self.supervisor_silent = True
+            self.counters["supervisor_silences"] += 1
+            log.warning(
+                "no word from the supervisor for %.0f s; forwarding on with the replica",
+                now - self.last_heard,
+            )
 
     def _on_link_change(self) -> None:
         state = self.link.state
@@ -467,6 +537,7 @@ class Worker:
         )
         self.open_receivers()
         self._sync_own_link()
+        self.answer_tables.topology_changed()  # our own MAC may have changed
         self.send("link", interface=self.interface, **state.wire())
 
     def close(self) -> None:
@@ -486,6 +557,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neighbor-capacity", type=int, default=16384)
     parser.add_argument("--neighbor-lifetime", type=float, default=600.0)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--supervisor-silence",
+        type=float,
+        default=SUPERVISOR_SILENCE_S,
+        help="seconds without word after which the supervisor counts as silent",
+    )
     args = parser.parse_args(argv)
     logs.configure(f"portier-worker[{args.interface}]", args.log_level)
     _die_with_parent()
@@ -494,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         args.endpoint,
         capacity=args.neighbor_capacity,
         lifetime_s=args.neighbor_lifetime,
+        silence_s=args.supervisor_silence,
     )
 
     def stop(signum: int, _frame: object) -> None:

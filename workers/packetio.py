@@ -100,7 +100,7 @@ DATA_FILTER = _bpf(
 
 
 # A multicast NS right after the IPv6 header: what the answer thread reads
-# (portier.engine.answers_early says the same of a frame).
+# (portier.answers.answers_early says the same of a frame).
 ANSWER_FILTER = _bpf(
     [
         (_LDH_ABS, 0, 0, 12),

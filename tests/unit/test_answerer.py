@@ -7,15 +7,19 @@ import pytest
 import zmq
 
 from portier.workers import packetio
-from portier.workers.answerer import STAMP, Answerer
+from portier.workers.answerer import FRAME_MAX, STAMP, Answerer
 
 NS = b"ns-frame-" + bytes(70)
 BROKEN = b"makes-the-replica-raise"
 
 
 @pytest.fixture
-def rig():
-    """An answerer reading one end of a socket pair; the test plays the wire at the other."""
+def rig(request):
+    """An answerer reading one end of a socket pair; the test plays the wire at the other.
+
+    With the parameter True (indirect), it stays held, as a worker's is before its first
+    snapshot.
+    """
     context = zmq.Context()
     relay = context.socket(zmq.PULL)
     relay.bind("inproc://answered-test")
@@ -32,6 +36,8 @@ def rig():
     answerer = Answerer("vm1", answer, context, "inproc://answered-test")
     answerer.start()
     answerer.attach(inside)
+    if not getattr(request, "param", False):
+        answerer.hold(False)
     yield answerer, wire, relay
     answerer.stop()
     answerer.thread.join(5)
@@ -64,11 +70,70 @@ def test_a_failing_answer_costs_the_answer_not_the_thread(rig):
     assert wire.recv(4096).endswith(b"na-for-ns-frame-")
 
 
+def _naive_sum(data: bytes) -> int:
+    """RFC 1071 the slow way, written out here: 16-bit words, every carry folded back."""
+    data += bytes(len(data) % 2)
+    total = 0
+    for i in range(0, len(data), 2):
+        total += data[i] << 8 | data[i + 1]
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
 def test_a_partial_checksum_is_completed_before_answering(rig):
+    """As veth hands it over: the checksum field holds only the pseudo-header's sum."""
+    from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
+    from scapy.layers.l2 import Ether
+
     _, wire, relay = rig
-    # csum_start 54, csum_offset 2: the ICMPv6 checksum field holds the pseudo-header sum.
-    header = packetio.VNET_HDR.pack(packetio.VNET_F_NEEDS_CSUM, 0, 0, 0, 54, 2)
-    wire.send(header + NS)
+    src, dst = "fe80::1", "ff02::1:ff00:101"
+    whole = bytes(
+        Ether(dst="33:33:ff:00:01:01", src="52:54:00:00:00:01")
+        / IPv6(src=src, dst=dst, hlim=255)
+        / ICMPv6ND_NS(tgt="2001:db8:1::101")
+        / ICMPv6NDOptSrcLLAddr(lladdr="52:54:00:00:00:01")
+    )
+    icmp_length = len(whole) - 54
+    pseudo = _naive_sum(
+        socket.inet_pton(socket.AF_INET6, src)
+        + socket.inet_pton(socket.AF_INET6, dst)
+        + icmp_length.to_bytes(4, "big")
+        + bytes([0, 0, 0, 58])
+    )
+    partial = whole[:56] + pseudo.to_bytes(2, "big") + whole[58:]
+    assert partial != whole
+    # csum_start 54, csum_offset 2: where the ICMPv6 checksum starts and sits.
+    wire.send(packetio.VNET_HDR.pack(packetio.VNET_F_NEEDS_CSUM, 0, 0, 0, 54, 2) + partial)
     header, frame, _ = relay.recv_multipart()
     assert header == packetio.ZERO_VNET_HDR
-    assert frame == packetio.complete_checksum(NS, packetio.VNET_HDR.pack(1, 0, 0, 0, 54, 2))
+    assert frame == whole  # scapy's checksum
+
+
+def test_an_oversized_frame_is_counted_and_dropped_not_judged(rig):
+    answerer, wire, relay = rig
+    wire.send(packetio.ZERO_VNET_HDR + NS + bytes(FRAME_MAX))
+    wire.send(packetio.ZERO_VNET_HDR + b"other" + bytes(70))
+    _, frame, _ = relay.recv_multipart()
+    assert frame.startswith(b"other"), "the oversized frame was handed on"
+    assert answerer.counters["answer_rx_oversized"] == 1
+    wire.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        wire.recv(4096)  # and it was not answered either
+
+
+@pytest.mark.parametrize("rig", [True], indirect=True)
+def test_held_it_reads_nothing_and_frames_wait_in_the_socket(rig):
+    """Before the first snapshot (and while the replica is stale) the thread neither
+    answers nor hands anything on; the frame waits in the socket."""
+    answerer, wire, relay = rig
+    assert answerer.held
+    wire.send(packetio.ZERO_VNET_HDR + NS)
+    relay.setsockopt(zmq.RCVTIMEO, 1500)  # longer than the thread's own wait
+    with pytest.raises(zmq.Again):
+        relay.recv_multipart()
+    wire.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        wire.recv(4096)
+    answerer.hold(False)  # the snapshot came: the waiting frame is answered now
+    wire.settimeout(5)
+    assert wire.recv(4096).endswith(b"na-for-ns-frame-")

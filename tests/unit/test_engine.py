@@ -26,6 +26,7 @@ from ndframes import (
 )
 
 from portier.addresses import ALL_NODES, ALL_ROUTERS, multicast_mac, parse_ipv6, solicited_node
+from portier.answers import AnswerTables, EarlyAnswers, build_answer_table
 from portier.drops import DropReason
 from portier.engine import (
     Dropped,
@@ -491,51 +492,90 @@ def test_multicast_ns_for_a_fresh_neighbor_is_answered_at_once(engine):
     assert engine.counters["answered"] == 1
 
 
+def early_answer(
+    engine: Engine, frame: bytes, now: float, ingress: str = "up0", early=None
+) -> Transmit | None:
+    """What the worker's answer thread sends, from a table of the engine's state."""
+    early = early if early is not None else EarlyAnswers()
+    early.publish(build_answer_table(engine.topology, engine.neighbors, ingress))
+    answer = early.answer(frame, now)
+    return None if answer is None else Transmit(ingress, answer)
+
+
 def test_the_early_answer_is_the_answer_handle_frame_gives(engine):
     """The worker answers before relaying; the relay then forwards without answering again."""
     learn_router_and_guests(engine, now=1.0)
     frame = router_asks_for_guest1()
     twin = Engine(lab_topology())
     learn_router_and_guests(twin, now=1.0)
-    early = engine.answer_solicitation("up0", frame, 2.0)
-    assert early is not None and early == sent_transmit(twin.handle_frame("up0", frame, 2.0))
+    early = EarlyAnswers()
+    answer = early_answer(engine, frame, 2.0, early=early)
+    assert answer is not None and answer == sent_transmit(twin.handle_frame("up0", frame, 2.0))
     out = sent(engine.handle_frame("up0", frame, 2.0, answered=True))
     assert set(out) == {"vm1", "vm2"}  # forwarded, not answered twice
-    assert engine.counters["answered"] == 1
+    assert engine.counters["answered"] == 0 and early.counters["answered"] == 1
     # A new MAC on the ingress makes a new answer, never a remembered one.
     new_mac = bytes.fromhex("020000000099")
     engine.topology.update_link("up0", mac=new_mac)
-    again = engine.answer_solicitation("up0", frame, 3.0)
+    again = early_answer(engine, frame, 3.0, early=early)
     assert again is not None and parse_packet(again.frame).src_mac == new_mac
 
 
 def test_a_remembered_answer_still_follows_the_state(engine):
     learn_router_and_guests(engine, now=1.0)
     frame = router_asks_for_guest1()
-    first = engine.answer_solicitation("up0", frame, 2.0)
-    assert first is not None and engine.answer_solicitation("up0", frame, 2.5) is first
+    early = EarlyAnswers()
+    first = early_answer(engine, frame, 2.0, early=early)
+    second = early_answer(engine, frame, 2.5, early=early)
+    assert first is not None and second is not None and second.frame is first.frame
     engine.neighbors.learn("lan", GUEST1, "vm1", GUEST1_MAC, 3.0, is_router=True)
-    flagged = engine.answer_solicitation("up0", frame, 3.0)
+    flagged = early_answer(engine, frame, 3.0, early=early)
     assert flagged is not None
     answer = parse_packet(flagged.frame)
     assert validate_nd(255, answer.ipv6.src, answer.ipv6.dst, answer.upper).router
-    assert engine.answer_solicitation("up0", frame, 3.0 + 301) is None  # no longer fresh
+    assert early_answer(engine, frame, 3.0 + 301, early=early) is None  # no longer fresh
     engine.topology.detect_loop("vm1", 4.0)
-    assert engine.answer_solicitation("up0", frame, 4.0) is None  # its member is disabled
-    assert engine.counters["answered"] == 3
+    assert early_answer(engine, frame, 4.0, early=early) is None  # its member is disabled
+    assert early.counters["answered"] == 3
 
 
 def test_the_early_answer_leaves_what_it_does_not_answer_to_handle_frame(engine):
     learn_router_and_guests(engine, now=1.0)
     frame = router_asks_for_guest1()
     broken = frame[:-1] + bytes([frame[-1] ^ 1])  # checksum no longer matches
-    assert engine.answer_solicitation("up0", broken, 2.0) is None
+    assert early_answer(engine, broken, 2.0) is None
     assert drops(engine.handle_frame("up0", broken, 2.0)) == [DropReason.BAD_CHECKSUM]
     ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC),))
     unicast = nd_frame(ROUTER_MAC, UP_MAC, ROUTER, GUEST1, ns)
-    assert engine.answer_solicitation("up0", unicast, 2.0) is None  # NUD: the owner answers
-    assert engine.answer_solicitation("vm1", frame, 2.0) is None  # target behind the ingress
+    assert early_answer(engine, unicast, 2.0) is None  # NUD: the owner answers
+    assert early_answer(engine, frame, 2.0, ingress="vm1") is None  # target behind the ingress
     assert engine.counters["answered"] == 0
+
+
+def test_a_stale_replica_answers_nothing(engine):
+    learn_router_and_guests(engine, now=1.0)
+    early = EarlyAnswers()
+    assert early_answer(engine, router_asks_for_guest1(), 2.0, early=early) is not None
+    early.publish(None)  # what the worker publishes when its replica goes stale
+    assert early.answer(router_asks_for_guest1(), 2.0) is None
+
+
+def test_answer_tables_follow_neighbor_changes_one_by_one(engine):
+    learn_router_and_guests(engine, now=1.0)
+    tables = AnswerTables("up0")
+    table = tables.publish(engine.topology, engine.neighbors)
+    assert set(table.targets) == {GUEST1, GUEST2}  # not the router: it is behind up0
+    assert tables.publish(engine.topology, engine.neighbors) is table  # nothing changed
+    moved = engine.neighbors.learn("lan", GUEST1, "up0", GUEST1_MAC, 2.0)
+    tables.neighbor_changed(engine.topology, moved)
+    engine.neighbors.remove("lan", GUEST2)
+    tables.neighbor_removed("lan", GUEST2)
+    after = tables.publish(engine.topology, engine.neighbors)
+    assert after is not table and not after.targets
+    assert set(table.targets) == {GUEST1, GUEST2}  # what was published never changes
+    with pytest.raises(TypeError):
+        table.targets[GUEST3] = table.targets[GUEST1]  # type: ignore[index]
+    assert after == build_answer_table(engine.topology, engine.neighbors, "up0")
 
 
 def test_ns_is_not_answered_for_stale_unknown_or_same_side_targets(engine):
@@ -553,3 +593,18 @@ def test_ns_is_not_answered_for_stale_unknown_or_same_side_targets(engine):
     frame = nd_frame(GUEST1_MAC, None, GUEST1, solicited_node(neighbor_on_vm1), same_side)
     assert "vm1" not in sent(engine.handle_frame("vm1", frame, 401.1))
     assert engine.counters["answered"] == 0
+
+
+def test_dad_probes_for_a_fresh_neighbor_are_forwarded_never_answered(engine):
+    """The owner must defend its address itself: neither path answers a DAD probe."""
+    learn_router_and_guests(engine, now=1.0)
+    dad = nd_frame(
+        ROUTER_MAC, None, bytes(16), solicited_node(GUEST1), NeighborSolicitation(GUEST1)
+    )
+    # The same NS from an address is answered at once: the target is fresh.
+    asked = router_asks_for_guest1()
+    assert early_answer(engine, asked, 2.0) is not None
+    assert "up0" in sent(Engine(engine.topology, engine.neighbors).handle_frame("up0", asked, 2.0))
+    assert early_answer(engine, dad, 2.0) is None
+    out = sent(engine.handle_frame("up0", dad, 2.0))
+    assert set(out) == {"vm1", "vm2"}  # forwarded to the owner's side, not answered

@@ -4,7 +4,10 @@ a) No input makes parse_packet, parse_nd or validate_nd raise anything but Frame
 b) Messages built from random fields and options round-trip through encode/parse.
 c) RFC 4389 rewriting changes only the bytes the RFC allows, and the result validates.
 d) The checksum equals a naive RFC 1071 reference.
-e) The worker's early answer to a multicast NS is the full path's answer, or none.
+e) The worker's early answer to a multicast NS is the full path's answer, or none, and
+   the early NS check gives validate_nd's verdict.
+f) Engine.handle_frame on arbitrary frames (near-valid ND, data, random bytes) from any
+   ingress: nothing raises, every drop has a reason, frames go only where they may.
 """
 
 from __future__ import annotations
@@ -13,14 +16,43 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import assume, example, given, settings
+from hypothesis import assume, event, example, given, settings
 from hypothesis import strategies as st
-from ndframes import GUEST1, GUEST1_MAC, ROUTER, ROUTER_MAC, lab_topology, nd_frame
+from ndframes import (
+    GUEST1,
+    GUEST1_MAC,
+    GUEST2,
+    GUEST2_MAC,
+    GUEST3,
+    GUEST3_MAC,
+    OTHER_MAC,
+    PREFIX,
+    PROXY_UP_LL,
+    REMOTE,
+    ROUTER,
+    ROUTER_LL,
+    ROUTER_MAC,
+    UP_MAC,
+    VM1_MAC,
+    VM2_MAC,
+    lab_topology,
+    nd_frame,
+)
 
-from portier.addresses import solicited_node
+from portier.addresses import ALL_NODES, multicast_mac, solicited_node
+from portier.answers import EarlyAnswers, build_answer_table
 from portier.checksum import ones_complement_sum, upper_layer_checksum, verify_upper_layer
-from portier.drops import FrameError
-from portier.engine import Engine, Transmit
+from portier.drops import DropReason, FrameError
+from portier.engine import (
+    Dropped,
+    Engine,
+    Expired,
+    Learned,
+    LoopCleared,
+    LoopDetected,
+    PrefixLearned,
+    Transmit,
+)
 from portier.frame import IPv6Header, build_frame, parse_packet
 from portier.ndmsg import (
     DnsSearchList,
@@ -43,7 +75,7 @@ from portier.ndmsg import (
     with_checksum,
 )
 from portier.rewrite import rewrite_nd
-from portier.validation import validate_nd
+from portier.validation import solicitation_asker_mac, validate_nd
 
 SETTINGS = settings(max_examples=200, deadline=None)
 
@@ -504,7 +536,11 @@ def test_early_answer_agrees_with_the_full_path(position, value, options, ingres
         icmp = icmp[:2] + b"\x00\x00" + icmp[4:]
         checksum = upper_layer_checksum(frame[22:38], frame[38:54], 58, icmp)
         frame = frame[:56] + checksum.to_bytes(2, "big") + frame[58:]
-    early = _answering_engine().answer_solicitation(ingress, frame, 2.0)
+    engine = _answering_engine()
+    answers = EarlyAnswers()
+    answers.publish(build_answer_table(engine.topology, engine.neighbors, ingress))
+    answer = answers.answer(frame, 2.0)
+    early = None if answer is None else Transmit(ingress, answer)
     full = [
         action
         for action in _answering_engine().handle_frame(ingress, frame, 2.0)
@@ -517,3 +553,229 @@ def test_early_answer_agrees_with_the_full_path(position, value, options, ingres
         assert full == [early]
     if position >= len(frame) and ingress == "up0" and not fix:
         assert early is not None  # the untouched NS is answered
+
+
+@st.composite
+def solicitations(draw: st.DrawFn) -> tuple[int, bytes, bytes, bytes]:
+    """(hop limit, src, dst, icmp) of NS-typed messages: valid ones, then broken ones."""
+    target = draw(unicast | multicast | frame_addresses)
+    options = draw(option_lists)
+    if draw(st.booleans()):
+        slla = LinkLayerAddressOption(1, draw(macs | blocks(1, 2, extra=6)))
+        options = (*options[:1], slla, *options[1:])
+    if draw(st.booleans()):  # a DAD probe, or something like one
+        src, dst = bytes(16), draw(st.just(solicited_node(target)) | frame_addresses)
+    else:
+        src = draw(link_local | unicast | multicast | frame_addresses)
+        dst = draw(multicast | unicast | st.just(solicited_node(target)))
+    message = NeighborSolicitation(target, options, draw(u32))
+    icmp = encode_nd(message, src, dst)
+    if draw(st.booleans()):
+        position = draw(st.integers(1, len(icmp) - 1))  # the type stays NS
+        icmp = icmp[:position] + bytes([draw(u8)]) + icmp[position + 1 :]
+        if draw(st.booleans()):
+            icmp = fix_checksum(src, dst, icmp)
+    if draw(st.booleans()):
+        icmp = icmp[: draw(st.integers(1, len(icmp)))]
+    return draw(st.sampled_from([255, 255, 254, 0])), src, dst, icmp
+
+
+@SETTINGS
+@given(solicitations())
+def test_the_early_ns_check_gives_validate_nds_verdict(solicitation):
+    hop_limit, src, dst, icmp = solicitation
+    message = only_frame_error(validate_nd, hop_limit, src, dst, icmp)
+    asker_mac = solicitation_asker_mac(hop_limit, src, dst, icmp)
+    event("accepted" if message is not None else "rejected")
+    if message is None:
+        assert asker_mac is None
+    else:
+        slla = [
+            option.address
+            for option in message.options
+            if isinstance(option, LinkLayerAddressOption)
+            and option.type == 1
+            and len(option.address) == 6
+            and not option.address[0] & 1
+        ]
+        assert asker_mac == (slla[0] if slla else b"")
+
+
+# --- f) Engine.handle_frame itself, on arbitrary frames -------------------------------
+
+KNOWN_MACS = [UP_MAC, VM1_MAC, VM2_MAC, OTHER_MAC, ROUTER_MAC, GUEST1_MAC, GUEST2_MAC]
+frame_macs = st.sampled_from([*KNOWN_MACS, multicast_mac(ALL_NODES), b"\xff" * 6]) | macs
+frame_addresses = (
+    st.sampled_from(
+        [ROUTER, ROUTER_LL, GUEST1, GUEST2, GUEST3, REMOTE, PROXY_UP_LL, ALL_NODES, bytes(16)]
+    )
+    | st.builds(solicited_node, st.sampled_from([GUEST1, GUEST2, ROUTER]))
+    | link_local
+    | unicast
+    | addresses
+)
+INGRESSES = ["up0", "vm1", "vm2", "vm3", "unbound0"]
+
+
+@st.composite
+def near_valid_nd_frames(draw: st.DrawFn) -> bytes:
+    """A valid ND message between known hosts, often with one byte then changed."""
+    src, dst, message = draw(valid_nd())
+    if draw(st.booleans()):
+        src = draw(frame_addresses)
+    if draw(st.booleans()):
+        dst = draw(frame_addresses)
+    if draw(st.booleans()) and isinstance(message, NeighborSolicitation | NeighborAdvertisement):
+        message = replace(message, target=draw(frame_addresses))
+    icmp = encode_nd(message, src, dst)
+    extension = draw(st.sampled_from([None, None, 0, 60]))
+    payload = icmp if extension is None else EXTENSION_HEADERS[extension] + icmp
+    frame = ipv6_frame(
+        payload,
+        src=src,
+        dst=dst,
+        next_header=58 if extension is None else extension,
+        mac_pair=(draw(frame_macs), draw(frame_macs)),
+    )
+    if draw(st.booleans()):  # one byte anywhere changed
+        position = draw(st.integers(0, len(frame) - 1))
+        frame = frame[:position] + bytes([draw(u8)]) + frame[position + 1 :]
+    return frame
+
+
+@st.composite
+def data_frames(draw: st.DrawFn) -> bytes:
+    """IPv6 data between known and unknown hosts, any next header, any length field."""
+    payload = draw(st.binary(max_size=120))
+    near = st.integers(-3, 3).map(lambda delta: max(0, len(payload) + delta))
+    return ipv6_frame(
+        payload,
+        src=draw(frame_addresses),
+        dst=draw(frame_addresses),
+        next_header=draw(st.sampled_from([6, 17, 58, 0, 43, 44, 51, 59, 60])),
+        hop_limit=draw(u8),
+        payload_length=draw(st.none() | near | u16),
+        mac_pair=(draw(frame_macs), draw(frame_macs)),
+    ) + draw(st.binary(max_size=8))  # Ethernet padding, sometimes
+
+
+any_frames = st.one_of(near_valid_nd_frames(), data_frames(), st.binary(max_size=200))
+
+
+def _busy_engine() -> Engine:
+    """The lab, its router and guests known, the prefix on-link, vm2's MTU smaller."""
+    topology = lab_topology()
+    topology.update_link("vm2", mtu=1280)
+    engine = Engine(topology)
+    engine.neighbors.learn("lan", GUEST1, "vm1", GUEST1_MAC, 1.0)
+    engine.neighbors.learn("lan", GUEST2, "vm2", GUEST2_MAC, 1.0)
+    engine.neighbors.learn("lan", ROUTER, "up0", ROUTER_MAC, 1.0, is_router=True)
+    engine.neighbors.learn("other", GUEST3, "vm3", GUEST3_MAC, 1.0)
+    topology.groups["lan"].onlink_prefixes[(PREFIX, 64)] = 1e9
+    return engine
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(INGRESSES),
+            any_frames,
+            st.sampled_from(["as drawn", "to the ingress", "to its multicast"]),
+            st.booleans(),
+            st.sampled_from([0, 1500]),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_handle_frame_on_arbitrary_frames(received):
+    """Nothing raises; every drop has a reason; every frame goes to a known, forwarding
+    member of the ingress's group other than the ingress, except the proxy's own answers
+    and Packet Too Big, which go back to the sender."""
+    engine = _busy_engine()
+    topology = engine.topology
+    now = 2.0
+    for ingress, frame, addressed, answered, segment in received:
+        now += 0.4
+        if len(frame) >= 54 and addressed != "as drawn":  # mostly past the MAC check
+            iface = topology.interfaces.get(ingress)
+            if addressed == "to the ingress" and iface is not None:
+                frame = iface.mac + frame[6:]
+            elif addressed == "to its multicast":
+                frame = multicast_mac(frame[38:54]) + frame[6:]
+        released, solicited = engine.counters["released"], engine.counters["solicits_sent"]
+        actions = engine.handle_frame(ingress, frame, now, segment_bytes=segment, answered=answered)
+        released = engine.counters["released"] > released
+        # Holding one frame re-solicits every destination due, held from any member: the
+        # proxy's NS for one held elsewhere may go out of this ingress (never the
+        # received NS itself: that one asks for the target the frame names).
+        solicited = engine.counters["solicits_sent"] > solicited
+        asked = frame[62:78] if len(frame) >= 78 and frame[54] == 135 else None
+        for action in actions:
+            check_action(topology, action, ingress, released, solicited, asked)
+        for action in engine.poll(now):  # solicitations and timeouts of held frames
+            check_action(topology, action, None, False, True, None)
+
+
+def check_action(
+    topology,
+    action,
+    ingress: str | None,
+    released: bool,
+    solicited: bool,
+    asked: bytes | None,
+) -> None:
+    assert isinstance(
+        action, Dropped | Transmit | Learned | Expired | LoopDetected | LoopCleared | PrefixLearned
+    ), action
+    event(type(action).__name__)  # --hypothesis-show-statistics: what the inputs reach
+    if isinstance(action, Dropped):
+        assert isinstance(action.reason, DropReason) and action.frames >= 1
+        event(f"dropped: {action.reason.value}")
+        return
+    if not isinstance(action, Transmit):
+        return
+    egress = topology.interfaces.get(action.interface)
+    assert egress is not None, f"sent out of unknown {action.interface}"
+    out = action.frame
+    assert out[6:12] == egress.mac  # always from the egress's own MAC
+    assert egress.enabled and egress.group is not None
+    if ingress is None:  # from the timers: only the proxy's own NS for a held frame
+        assert out[20] == 58 and out[54] == 135, out[:60].hex()
+    elif action.interface == ingress:
+        # Back out of the ingress only what the proxy says itself (an NA answering an NS,
+        # a Packet Too Big, its NS for a frame held from another member), or a frame held
+        # from another member that this one released.
+        own_ns = solicited and out[54] == 135 and out[62:78] != asked
+        assert (out[20] == 58 and (out[54] in (136, 2) or own_ns)) or released, out[:60].hex()
+    elif not (solicited and out[20] == 58 and out[54] == 135 and out[62:78] != asked):
+        # Within the ingress's group, except the proxy's NS for a destination due that
+        # was held in another group: holding one frame re-solicits all of them.
+        assert egress.group == topology.interfaces[ingress].group
+
+
+FRAME_REASONS = {
+    DropReason.FRAME_TOO_SHORT,
+    DropReason.NOT_IPV6,
+    DropReason.BAD_IP_VERSION,
+    DropReason.TRUNCATED,
+    DropReason.BAD_EXTENSION_HEADER,
+}
+
+
+@SETTINGS
+@given(st.one_of(data_frames(), near_valid_nd_frames(), st.binary(max_size=120)))
+def test_handle_frames_framing_checks_are_parse_packets(frame):
+    """The engine reads the frame in place, by frame.py's offsets, with the same verdicts
+    as parse_packet (for a frame past the MAC checks: multicast, from a stranger)."""
+    if len(frame) >= 12:
+        frame = multicast_mac(ALL_NODES) + ROUTER_MAC + frame[12:]
+    try:
+        parse_packet(frame)
+        expected = None
+    except FrameError as exc:
+        expected = exc.reason
+    actions = _busy_engine().handle_frame("up0", frame, 2.0)
+    reasons = {a.reason for a in actions if isinstance(a, Dropped)} & FRAME_REASONS
+    assert reasons == ({expected} if expected is not None else set())

@@ -136,3 +136,84 @@ def test_never_raises_anything_else_on_garbage():
         for decode in (decode_request, decode_reply, decode_worker):
             with pytest.raises(SchemaError):
                 decode(raw)
+
+
+def _link(**changes):
+    report = {
+        "kind": "link",
+        "interface": "vm1",
+        "ifindex": 3,
+        "mac": bytes(6),
+        "mtu": 1500,
+        "addresses": [bytes(16)],
+        "up": True,
+    }
+    report.update(changes)
+    return report
+
+
+HUGE = 1 << 62  # bytes(HUGE) would try to allocate that many bytes
+
+
+@pytest.mark.parametrize("kind", ["hello", "link"])
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"addresses": [HUGE]}, "addresses"),
+        ({"addresses": ["fe80::1"]}, "addresses"),
+        ({"addresses": [bytes(4)]}, "addresses"),
+        ({"addresses": [bytes(16)] * 5000}, "addresses"),
+        ({"mac": bytes(7)}, "mac"),
+        ({"ifindex": -1}, "ifindex"),
+        ({"mtu": HUGE}, "mtu"),
+    ],
+)
+def test_link_facts_are_checked_before_anyone_uses_them(kind, changes, words):
+    message = _link(**changes)
+    message["kind"] = kind
+    if kind == "hello":
+        message["pid"] = 42
+    with pytest.raises(SchemaError) as err:
+        decode_worker(encode(message))
+    assert err.value.status.code == Code.INVALID_ARGUMENT
+    assert words in err.value.status.message
+
+
+def test_an_absent_interface_reports_no_mac_and_no_addresses():
+    data = decode_worker(encode(_link(ifindex=0, mac=b"", mtu=0, addresses=[], up=False)))
+    assert data["ifindex"] == 0
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"kind": "prefix", "group": "lan", "prefix": bytes(4), "length": 64, "valid_until": 1.0},
+        {"kind": "prefix", "group": "lan", "prefix": bytes(16), "length": 129, "valid_until": 1},
+        {"kind": "prefix", "group": "lan", "prefix": bytes(16), "length": 64, "valid_until": -1},
+        {"kind": "loop", "interface": "vm1", "group": "lan", "until": float("nan")},
+        {"kind": "learned", "neighbors": [None] * 100_000},
+        {
+            "kind": "hello",
+            "interface": "vm1",
+            "pid": 0,
+            **{k: v for k, v in _link().items() if k not in ("kind", "interface")},
+        },
+    ],
+)
+def test_worker_reports_with_impossible_values_are_refused(message):
+    with pytest.raises(SchemaError):
+        decode_worker(encode(message))
+
+
+def test_the_supervisor_state_checks_link_reports_itself():
+    """A report that did not come through decode_worker still never reaches bytes()."""
+    from portier.config import Config
+    from portier.supervisor.state import ProxyState
+
+    state = ProxyState(Config())
+    state.topology.bind("vm1")
+    with pytest.raises(SchemaError):
+        state.on_link("vm1", _link(addresses=[HUGE]))
+    with pytest.raises(SchemaError):
+        state.on_link("vm1", _link(mac=HUGE))
+    assert state.topology.interfaces["vm1"].addresses == frozenset()

@@ -1,4 +1,7 @@
-"""The worker's replica protocol: snapshot, in-order deltas, and a resync on a gap."""
+"""The worker's replica protocol: snapshot, in-order deltas, a resync on a gap or on
+anything it cannot apply, the answer table it publishes, and a silent supervisor."""
+
+import time
 
 import pytest
 
@@ -6,7 +9,19 @@ from portier import schema
 from portier.addresses import parse_ipv6, parse_mac
 from portier.groups import Topology
 from portier.neighbors import Neighbor, NeighborCache
-from portier.replication import change_neighbor, change_topology, snapshot_to_wire
+from portier.replication import (
+    change_flush,
+    change_neighbor,
+    change_neighbor_removed,
+    change_topology,
+    delta_message,
+    heartbeat_message,
+    snapshot_message,
+    snapshot_to_wire,
+    topology_from_wire,
+    topology_to_wire,
+)
+from portier.schema import SchemaError
 from portier.workers.main import Worker
 
 
@@ -66,3 +81,107 @@ def test_malformed_messages_are_counted_not_fatal(worker):
     )
     assert worker.sent[-1] == ("resync", {"seq": -1})
     assert worker.seq is None
+
+
+def snapshot(topology, neighbors, seq=0) -> bytes:
+    return schema.encode(snapshot_message(seq, topology, neighbors))
+
+
+def delta(seq, *changes) -> bytes:
+    return schema.encode(delta_message(seq, list(changes)))
+
+
+def test_an_unknown_op_is_an_error_that_resyncs_and_is_counted(worker):
+    topology, neighbors = authoritative()
+    worker.on_message(snapshot(topology, neighbors))
+    entry = Neighbor("lan", parse_ipv6("2001:db8::2"), "eth1", parse_mac("52:54:00:00:00:02"))
+    worker.on_message(delta(1, change_neighbor(entry), {"op": "teleport", "where": "moon"}))
+    assert worker.counters["channel_unknown_ops"] == 1
+    assert worker.sent[-1] == ("resync", {"seq": -1})
+    assert worker.seq is None
+    # Every change is checked before any is applied: the good one did not slip in.
+    assert worker.neighbors.get("lan", entry.address) is None
+
+
+def test_every_op_applies_through_the_replication_module(worker):
+    topology, neighbors = authoritative()
+    worker.on_message(snapshot(topology, neighbors))
+    entry = Neighbor("lan", parse_ipv6("2001:db8::2"), "eth1", parse_mac("52:54:00:00:00:02"))
+    worker.on_message(delta(1, change_neighbor(entry)))
+    worker.on_message(delta(2, change_neighbor_removed("lan", parse_ipv6("2001:db8::1"))))
+    assert worker.neighbors.get("lan", parse_ipv6("2001:db8::1")) is None
+    worker.on_message(delta(3, change_flush("lan")))
+    assert len(worker.neighbors) == 0
+    topology.unset_upstream("lan")
+    worker.on_message(delta(4, change_topology(topology)))
+    assert worker.topology.groups["lan"].upstream is None
+    assert worker.seq == 4 and not worker.sent
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"op": "neighbor_removed", "group": "lan", "address": 7},
+        {"op": "neighbor_removed", "group": "lan", "address": bytes(4)},
+        {"op": "flush", "group": 5},
+        {"op": "neighbor", "neighbor": {"group": "lan"}},
+        {"op": "topology", "topology": {"interfaces": [], "groups": [{"name": "lan"}]}},
+        "flush",
+    ],
+)
+def test_a_malformed_change_resyncs(worker, change):
+    topology, neighbors = authoritative()
+    worker.on_message(snapshot(topology, neighbors))
+    worker.on_message(delta(1, change))
+    assert worker.sent[-1] == ("resync", {"seq": -1}) and worker.seq is None
+    assert worker.counters["channel_bad_messages"] == 1
+
+
+def test_a_topology_whose_members_are_not_bound_is_refused():
+    topology, _ = authoritative()
+    wire = topology_to_wire(topology)
+    wire["interfaces"] = [i for i in wire["interfaces"] if i["name"] != "eth1"]
+    with pytest.raises(SchemaError):
+        topology_from_wire(wire)
+    wire = topology_to_wire(topology)
+    wire["interfaces"][0]["mac"] = 1 << 62  # never handed to bytes()
+    with pytest.raises(SchemaError):
+        topology_from_wire(wire)
+
+
+def test_the_answer_thread_gets_a_table_only_while_the_replica_is_current(worker):
+    topology, neighbors = authoritative()
+    topology.update_link("lo", ifindex=1, mac=parse_mac("02:00:00:00:00:01"))
+    topology.update_link("eth1", ifindex=2, mac=parse_mac("02:00:00:00:00:02"))
+    assert worker.early.table is None and worker.answerer.held  # before any snapshot
+    worker.on_message(snapshot(topology, neighbors))
+    worker.publish_answers()  # what the loop does after each turn
+    table = worker.early.table
+    assert table is not None and not worker.answerer.held
+    assert set(table.targets) == {parse_ipv6("2001:db8::1")}
+    entry = Neighbor("lan", parse_ipv6("2001:db8::2"), "eth1", parse_mac("52:54:00:00:00:02"))
+    worker.on_message(delta(1, change_neighbor(entry)))
+    worker.publish_answers()
+    assert set(worker.early.table.targets) == {parse_ipv6("2001:db8::1"), entry.address}
+    assert set(table.targets) == {parse_ipv6("2001:db8::1")}  # the old one never changed
+    worker.on_message(delta(5, change_flush(None)))  # a gap: stale at once
+    assert worker.early.table is None and worker.answerer.held
+    worker.publish_answers()
+    assert worker.early.table is None  # and nothing is published until the snapshot
+    worker.on_message(snapshot(topology, neighbors))
+    worker.publish_answers()
+    assert worker.early.table is not None and not worker.answerer.held
+
+
+def test_a_silent_supervisor_is_outlived_and_asked_for_a_snapshot(worker):
+    topology, neighbors = authoritative()
+    worker.on_message(snapshot(topology, neighbors))
+    now = time.monotonic()
+    worker.check_supervisor(now + worker.silence_s + 5)
+    assert worker.supervisor_silent and worker.counters["supervisor_silences"] == 1
+    assert worker.seq == 0  # the replica is kept: forwarding goes on with it
+    worker.on_message(schema.encode(heartbeat_message()))
+    assert worker.sent == [("resync", {"seq": 0})]
+    assert not worker.supervisor_silent
+    worker.on_message(schema.encode(heartbeat_message()))
+    assert len(worker.sent) == 1  # once per silence
