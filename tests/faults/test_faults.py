@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from conftest import FaultLab, assert_nothing_lost
 from lab import wait_for
@@ -54,16 +55,24 @@ def test_state_directory_full_then_read_only(fault_lab: FaultLab):
     faults, lab = fault_lab, fault_lab.lab
     state = faults.daemon.workdir / "state"
     restarts = faults.restarts()
-    # A tiny filesystem of our own under the daemon's state folder, seeded with its file.
+    # portierd runs in a mount namespace of its own (`ip netns exec` makes one, and a
+    # private root does not propagate mounts into it): the tiny filesystem is mounted in
+    # the daemon's namespace and reached through its /proc root.
+    pid = faults.daemon.process.pid
+
+    def in_daemon(*argv: str) -> None:
+        subprocess.run(["nsenter", "-t", str(pid), "-m", *argv], check=True, timeout=10)
+
+    seen = Path(f"/proc/{pid}/root{state}")
     saved = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "portier-fault", str(state)], check=True
-    )
+    in_daemon("mount", "-t", "tmpfs", "-o", "size=64k", "portier-fault", str(state))
+    mounted = True
     try:
         for name, data in saved.items():
-            (state / name).write_bytes(data)
-        filler = state / "filler"
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+            (seen / name).write_bytes(data)
+        filler = seen / "filler"
+        full = subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+        assert b"No space left" in full.stderr, full.stderr
         pinger = faults.ping(lab.router, faults.addresses[0])
         created = faults.daemon.ctl("group", "create", "x", json_output=False)
         assert created.returncode == 0, created.stderr
@@ -74,10 +83,10 @@ def test_state_directory_full_then_read_only(fault_lab: FaultLab):
         assert "No space left on device" in faults.status_text()
         assert faults.metric("portier_state_save_ok") == 0
         filler.unlink()
-        subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
+        in_daemon("mount", "-o", "remount,ro", str(state))
         created = faults.daemon.ctl("group", "create", "y", json_output=False)
         assert created.returncode == 0 and "Read-only file system" in created.stderr
-        subprocess.run(["mount", "-o", "remount,rw", str(state)], check=True)
+        in_daemon("mount", "-o", "remount,rw", str(state))
         created = faults.daemon.ctl("group", "create", "z", json_output=False)
         assert created.returncode == 0 and "could not be saved" not in created.stderr
         wait_for(lambda: faults.status()["state_save"]["error"] is None, 5, "saved again")
@@ -89,10 +98,14 @@ def test_state_directory_full_then_read_only(fault_lab: FaultLab):
         assert faults.restarts() == restarts
         groups, neighbors = faults.groups(), faults.neighbors()
         assert {g["name"] for g in groups} >= {"x", "y", "z"}
+        # Back on the real folder: the clean stop of the restart below saves everything
+        # there, from memory, which is what a restart after the fault relies on.
+        in_daemon("umount", str(state))
+        mounted = False
         assert_nothing_lost(faults, groups, neighbors)
     finally:
-        faults.daemon.stop(timeout=15) if faults.daemon.process.poll() is None else None
-        subprocess.run(["umount", "-l", str(state)], check=False)
+        if mounted and faults.daemon.process.poll() is None:
+            in_daemon("umount", "-l", str(state))
 
 
 def test_supervisor_stopped_for_20_s(fault_lab: FaultLab):

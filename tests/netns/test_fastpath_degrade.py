@@ -45,6 +45,16 @@ def worker_restarts(daemon: Daemon) -> dict[str, int]:
     return {w["interface"]: w["restarts"] for w in daemon.call("workers")}
 
 
+def new_neighbor(lab, guest) -> str:
+    """An address on `guest` that nothing has used yet, reached from the router, so the
+    fast path must program a neighbor now (a guest's SLAAC address may have been learned
+    from its own traffic already)."""
+    address = lab.wait_slaac(guest).rsplit(":", 1)[0] + ":4242"
+    lab.ns(guest.name, "ip", "-6", "addr", "add", f"{address}/64", "dev", "eth0", "nodad")
+    lab.wait_ping(lab.router, address, timeout=10)
+    return address
+
+
 # --- the daemon --------------------------------------------------------------------------
 
 
@@ -70,10 +80,7 @@ def test_nft_unusable_turns_the_fast_path_off_and_the_daemon_carries_on(daemon_w
     lab, daemon, wrapper, _ = daemon_with_own_nft
     restarts = worker_restarts(daemon)
     executable(wrapper, False)
-    # A guest the router has not talked to yet: its neighbor must be programmed now.
-    guest2 = lab.guest_list[1]
-    address2 = lab.wait_slaac(guest2)
-    lab.wait_ping(guest2.name, ROUTER_ADDRESS)
+    address2 = new_neighbor(lab, lab.guest_list[1])
     state = wait_for(
         lambda: fastpath_when(daemon, active=False),
         10,
@@ -97,26 +104,10 @@ def test_nft_unusable_turns_the_fast_path_off_and_the_daemon_carries_on(daemon_w
     assert address2 in learned
 
 
-def _supervisor_maintains_the_fast_path() -> bool:
-    """Whether some supervisor module calls FastPath.maintain from its timer."""
-    package = Path(fastpath_module.__file__).parent
-    return any(
-        ".maintain(" in path.read_text()
-        for path in package.glob("*.py")
-        if path.name != "fastpath.py"
-    )
-
-
-@pytest.mark.skipif(
-    not _supervisor_maintains_the_fast_path(),
-    reason="the supervisor's timer does not call FastPath.maintain: no retry without a change",
-)
 def test_the_fast_path_comes_back_by_itself(daemon_with_own_nft):
     lab, daemon, wrapper, _ = daemon_with_own_nft
     executable(wrapper, False)
-    guest2 = lab.guest_list[1]
-    lab.wait_slaac(guest2)
-    lab.wait_ping(guest2.name, ROUTER_ADDRESS)
+    new_neighbor(lab, lab.guest_list[1])
     wait_for(lambda: not daemon.call("fastpath")["active"], 10, "the fast path off")
     executable(wrapper, True)
     # The retry backoff is at most a few seconds this early in the failure streak.
