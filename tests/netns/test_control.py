@@ -412,7 +412,9 @@ def test_state_survives_kill_9_of_portierd(make_lab):
     restored = {(n["group"], n["address"]): n for n in again.call("neighbors")}
     assert ("lan", address1) in restored
     assert restored[("lan", address1)]["idle_s"] >= 1.0  # aged by the time that passed
-    assert lab.ping(lab.router, address1).returncode == 0
+    # Bounded, not a single ping: one CI run under load lost the first echo after the
+    # restart (not reproduced in isolation); reachability within seconds is the promise.
+    lab.wait_ping(lab.router, address1, timeout=10)
 
 
 def _saved(state_file, address: str) -> bool:
