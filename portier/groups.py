@@ -88,6 +88,8 @@ class Group:
     upstream: str | None = None
     # On-link prefixes learned from the upstream's RAs: (prefix, length) -> valid until.
     onlink_prefixes: dict[tuple[bytes, int], float] = field(default_factory=dict)
+    # Address ownership (ownership.py); off makes the group last-writer-wins.
+    ownership: bool = True
 
 
 class Topology:
