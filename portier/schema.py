@@ -98,6 +98,7 @@ WORKER_KINDS: dict[str, tuple[Field, ...]] = {
     # worker -> supervisor
     "hello": (_f("interface", str), _f("pid", int), *_LINK_FIELDS),
     "learned": (_f("neighbors", list),),
+    "claim": (_f("group", str), _f("address", bytes), _f("mac", bytes)),
     "loop": (_f("interface", str), _f("group", str), _f("until", *_NUMBER)),
     "prefix": (
         _f("group", str),
