@@ -1,7 +1,8 @@
 """The kernel fast path: unicast to learned neighbors forwarded by nftables, not Python.
 
 One netdev table, `portier`, owned by portierd and programmed from the authoritative
-state.  Per enabled member an ingress chain: ND is accepted (it goes on to the workers),
+state.  Per enabled member an ingress chain: frames that carried a VLAN tag are left
+alone (never forwarded), ND is accepted (it goes on to the workers),
 then a verdict map keyed by destination address jumps to that neighbor's chain: rewrite
 both Ethernet addresses and `fwd` out of the egress; what the map misses (multicast,
 unknown destinations) goes on to the workers too.  Neighbors whose data
@@ -628,6 +629,13 @@ class FastPath:
         tag = _hex(rule.group)
         daddr = _payload("ip6", "daddr")
         statements: list[list[dict[str, Any]]] = [
+            # A frame that carried a VLAN tag is not this member's: the kernel shows the
+            # tag back in the Ethernet header here, so the type is not IPv6.  Left to the
+            # stack (the host's own VLAN sub-interfaces), never forwarded.
+            [
+                {"match": {"op": "!=", "left": _payload("ether", "type"), "right": "ip6"}},
+                {"accept": None},
+            ],
             [
                 {
                     "match": {
