@@ -11,8 +11,8 @@ sub-interface for arrives (the kernel takes the 802.1Q/802.1ad tag off, finds no
 device, marks the frame and still delivers it), so without this a tagged RA on a trunk
 would reach the untagged guests.  Frames for other MACs are marked so too, and were
 never the proxy's.  (A priority tag, VLAN 0, is untagged to the kernel and to us.)
-All-multicast reception comes from a PACKET_MR_ALLMULTI membership, which the kernel drops when the socket closes, so the
-interface is restored on any exit, crash included.
+All-multicast reception comes from a PACKET_MR_ALLMULTI membership, which the kernel
+drops when the socket closes, so the interface is restored on any exit, crash included.
 
 PACKET_VNET_HDR puts a virtio_net_hdr before each frame: senders such as veth and tap
 hand over TCP/UDP with the checksum left partial and GRO/GSO super-frames larger than the
