@@ -62,8 +62,13 @@ class Timers:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(self.sleep_s(self.clock()))
             await self.tick(self.clock())
+
+    def sleep_s(self, now: float) -> float:
+        """One tick's wait, shorter when an owner check runs out sooner (a move is due)."""
+        due = self.state.checks.next_deadline()
+        return TICK_S if due is None else min(TICK_S, max(0.01, due - now))
 
     async def tick(self, now: float) -> None:
         self.loops.beat(LOOP_NAME)
