@@ -18,6 +18,7 @@ The rules (RFC 4389, with Portier's groups):
   it out of the other members, on behalf of the sender: the NS carries the held packet's
   source address and the egress MAC, so the answer comes back through the proxy.
 - The sources of valid ND messages and of proxied packets are learned (neighbors.py),
+  and so are the router addresses the upstream's RAs name (prefix options with R set),
   under the ownership rules (ownership.py): a free address goes to its first claimant
   within the member's quota; a frame claiming an address another member or MAC owns
   does not move it: it is dropped (`claim_refused` for ND, `source_invalid` for data;
@@ -103,6 +104,7 @@ _AFTER_MACS = slice(ETHERTYPE_OFFSET, None)  # all a forwarded frame keeps
 _PTB_QUOTE_MAX = IPV6_MIN_MTU - 40 - 8
 _INFINITE_LIFETIME = 0xFFFFFFFF
 _FOREVER = float("inf")
+_PI_FLAG_ROUTER_ADDRESS = 0x20  # RFC 6275 §7.2: the prefix field is the router's address
 
 
 class Transmit(NamedTuple):
@@ -311,6 +313,7 @@ class Engine:
                 ]
             if upstream == ingress:
                 self._learn_prefixes(group, message, now, actions)
+                self._learn_router_addresses(group, iface, frame, message, now, actions)
 
         source_mac = frame[SRC_MAC]
         refused: DropReason | None = None
@@ -606,7 +609,7 @@ class Engine:
         self, group: str, address: bytes, ingress: str, mac: bytes, now: float, actions: list
     ) -> None:
         entry = self.neighbors.get(group, address)
-        if entry is not None and entry.check_until:
+        if entry is not None and entry.check_until > now:
             return  # a check of it runs already
         if not self.member_work.allow(ingress, now):
             self.counters["member_work_limited"] += 1
@@ -678,6 +681,31 @@ class Engine:
             prefixes[key] = until
             if previous is None or abs(previous - until) > 60.0:
                 actions.append(PrefixLearned(group, key[0], key[1], until))
+
+    def _learn_router_addresses(
+        self,
+        group: str,
+        iface: Interface,
+        frame: bytes,
+        message: RouterAdvertisement,
+        now: float,
+        actions: list[Action],
+    ) -> None:
+        """A prefix option with the R flag names the router's own address (RFC 6275
+        §7.2): it belongs to the router on the upstream, pinned like its source."""
+        router_mac = (
+            _link_layer_option(message.options, OptionType.SOURCE_LINK_LAYER) or frame[SRC_MAC]
+        )
+        for option in message.options:
+            if (
+                isinstance(option, PrefixInformation)
+                and option.flags & _PI_FLAG_ROUTER_ADDRESS
+                and option.prefix[0] != 0xFF
+                and option.prefix != UNSPECIFIED
+            ):
+                self._claim(
+                    group, option.prefix, iface.name, router_mac, now, actions, is_router=True
+                )
 
     def _on_link(self, group: str, address: bytes) -> bool | None:
         """True on-link, False off-link, None when no RA has told us yet."""

@@ -141,7 +141,8 @@ class OwnerChecks:
         rate limit.
         """
         entry = self.neighbors.get(group, address)
-        if entry is None or entry.owned_by(interface, mac) or entry.check_until:
+        checking = entry is not None and (group, address) in self._deadlines
+        if entry is None or entry.owned_by(interface, mac) or checking:
             return None
         if not protected(self.topology, entry):
             return None

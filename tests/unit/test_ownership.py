@@ -36,6 +36,7 @@ from portier.ndmsg import (
     NeighborAdvertisement,
     NeighborSolicitation,
     OptionType,
+    PrefixInformation,
     RouterAdvertisement,
     parse_nd,
 )
@@ -318,3 +319,20 @@ def test_an_entry_checked_away_keeps_no_stale_deadline(engine, checks):
     assert checks.next_deadline() is None
     assert UP_MAC  # the upstream's MAC is the proxy's own: never a claimant
     assert ALL_ROUTERS
+
+
+def test_an_address_named_by_the_routers_ra_is_pinned_to_the_router(engine, checks):
+    pio = PrefixInformation(64, 0x80 | 0x40 | 0x20, 86400, 14400, ROUTER)
+    ra = RouterAdvertisement(router_lifetime_s=1800, options=(pio,))
+    engine.handle_frame("up0", nd_frame(ROUTER_MAC, None, ROUTER_LL, ALL_NODES, ra), 1.0)
+    entry = engine.neighbors.get("lan", ROUTER)
+    assert entry is not None and entry.owned_by("up0", ROUTER_MAC) and entry.is_router
+    actions = engine.handle_frame("vm2", unsolicited_na(GUEST2_MAC, ROUTER), 2.0)
+    assert drops(actions) == [DropReason.CLAIM_REFUSED] and claims(actions)
+
+
+def test_a_check_left_over_from_a_restart_does_not_block_new_claims(engine, checks):
+    engine.handle_frame("vm1", unsolicited_na(GUEST1_MAC, GUEST1), 1.0)
+    engine.neighbors.get("lan", GUEST1).check_until = 1.5  # nobody runs this check
+    actions = engine.handle_frame("vm2", unsolicited_na(GUEST2_MAC, GUEST1), 2.0)
+    assert isinstance(claim_from(checks, actions, 2.0), Probe)
