@@ -1,9 +1,12 @@
 """Portier against the wire and the other ways of joining two links, measured in one run.
 
 Run as root: .venv/bin/python bench/compare_bench.py [--seconds 5] [--rounds 3] [--probes 15]
+                [--only "wire,portier fast path,portier fast path bare"]
 
 For each data path (plain veth pair = the wire; Linux bridge; kernel proxy_ndp with
-forwarding; Portier's userspace path; Portier's kernel fast path) it builds fresh
+forwarding; Portier's userspace path; Portier's kernel fast path, and "bare", the same
+with the VLAN and source-address checks taken out of its ingress chains, which is the
+ruleset before those checks, to price them) it builds fresh
 network namespaces (deploy/lab.py), all of them up front, then measures in rounds, one
 path after the other within each round so that the machine's slow minutes fall on every
 path alike: guest -> router TCP throughput with default offloads, 64-byte UDP packets/s
@@ -79,13 +82,18 @@ def build(kind: str) -> tuple[Lab, str, list[Callable[[], None]]]:
             lab.ns(proxy, "ip", "-6", "neigh", "add", "proxy", GUEST_ADDRESS, "dev", "up0")
     elif kind.startswith("portier"):
         extra = "[fastpath]\nenabled = false" if kind == "portier userspace" else ""
+        fast = kind.startswith("portier fast path")
         daemon = Daemon(lab, [GroupSpec("lan", "up0", ["vm1"])], extra=extra)
         try:
             daemon.start()
-            if kind == "portier fast path":
+            if fast:
                 lab.wait_ping(guest.name, ROUTER_ADDRESS)
                 lab.ping(lab.router, GUEST_ADDRESS)
                 wait_for(lambda: daemon.call("fastpath")["neighbors"] >= 2, 10, "the fast path")
+            if kind == "portier fast path bare":
+                strip_checks(lab, vlan=True)
+            elif kind == "portier fast path no SAVI":
+                strip_checks(lab, vlan=False)
         except BaseException:
             if daemon.process is not None:
                 daemon.stop()
@@ -93,6 +101,37 @@ def build(kind: str) -> tuple[Lab, str, list[Callable[[], None]]]:
             raise
         stops.append(daemon.stop)
     return lab, guest.name, stops
+
+
+def strip_checks(lab: Lab, vlan: bool) -> None:
+    """Delete the ingress chains' source-address rule (reads @owned_...) and with `vlan`
+    their VLAN rule (reads the Ethernet type)."""
+    listing = json.loads(
+        lab.ns(lab.proxy, "nft", "-j", "list", "table", "netdev", "portier").stdout
+    )
+    removed = 0
+    for item in listing["nftables"]:
+        rule = item.get("rule")
+        if not rule or not rule["chain"].startswith("in_"):
+            continue
+        ether_type = {"payload": {"protocol": "ether", "field": "type"}}
+        tagged = any(e.get("match", {}).get("left") == ether_type for e in rule["expr"])
+        if (vlan and tagged) or "@owned_" in json.dumps(rule["expr"]):
+            lab.ns(
+                lab.proxy,
+                "nft",
+                "delete",
+                "rule",
+                "netdev",
+                "portier",
+                rule["chain"],
+                "handle",
+                str(rule["handle"]),
+            )
+            removed += 1
+    if removed < (4 if vlan else 2):  # one or two in each of the two members' chains
+        raise RuntimeError(f"only {removed} check rules found in the fast path")
+    print(f"fast path: {removed} check rules deleted", flush=True)
 
 
 def iperf(lab: Lab, client: str, udp: bool, seconds: int, reverse: bool = False) -> float:
@@ -149,8 +188,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--probes", type=int, default=15, help="resolution probes per round")
+    parser.add_argument(
+        "--only", help="comma-separated data paths to measure (throughput only, no resolution)"
+    )
     args = parser.parse_args()
-    paths = ["wire", "bridge", "proxy_ndp", "portier userspace", "portier fast path"]
+    paths = [
+        "wire",
+        "bridge",
+        "proxy_ndp",
+        "portier userspace",
+        "portier fast path",
+        "portier fast path bare",
+        "portier fast path no SAVI",
+    ]
     resolvers = [
         "wire",
         "bridge",
@@ -159,6 +209,9 @@ def main() -> None:
         "portier userspace",
         "portier fast path",
     ] + (["ndppd"] if shutil.which("ndppd") else [])
+    if args.only:
+        paths = ["wire", *(p for p in args.only.split(",") if p != "wire")]
+        resolvers = []
     samples: dict[str, dict[str, list[float]]] = {}
     setups: dict[str, tuple[Lab, str, list[Callable[[], None]]]] = {}
     try:

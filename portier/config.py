@@ -51,6 +51,9 @@ class Config:
     metrics_listen: str = "127.0.0.1:9470"
     neighbor_capacity: int = 16384
     neighbor_lifetime_seconds: float = 600.0
+    per_member_limit: int = 256  # addresses one member may own per group
+    claim_probe_ms: int = 1000  # how long an owner has to answer before its address moves
+    last_writer_wins: frozenset[str] = frozenset()  # groups with ownership switched off
     control_socket: Path | None = None  # default: runtime_dir/control.sock
     control_tcp: str | None = None  # e.g. "tcp://127.0.0.1:9471", only with CURVE
     curve_secret_key: Path | None = None  # the server's key pair (zmq certificate file)
@@ -84,7 +87,13 @@ _TOP = {
 _CONTROL = {"socket", "tcp", "curve_secret_key", "curve_authorized_keys"}
 _DAEMON = {"runtime_dir", "state_dir", "control_group"}
 _METRICS = {"listen"}
-_NEIGHBORS = {"capacity", "lifetime_seconds"}
+_NEIGHBORS = {
+    "capacity",
+    "lifetime_seconds",
+    "per_member_limit",
+    "claim_probe_ms",
+    "last_writer_wins",
+}
 _GROUP = {"name", "upstream", "members"}
 
 
@@ -161,6 +170,16 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
     lifetime = _finite(lifetime, "neighbors.lifetime_seconds", path)
     if lifetime <= 0:
         raise ConfigError(path, "neighbors.lifetime_seconds", "must be greater than 0")
+    per_member = _typed(neighbors, "per_member_limit", int, "neighbors.per_member_limit", path, 256)
+    if per_member < 1:
+        raise ConfigError(path, "neighbors.per_member_limit", "must be at least 1")
+    probe_ms = _typed(neighbors, "claim_probe_ms", int, "neighbors.claim_probe_ms", path, 1000)
+    if not 10 <= probe_ms <= 60000:
+        raise ConfigError(path, "neighbors.claim_probe_ms", "must be from 10 to 60000")
+    unowned = _typed(neighbors, "last_writer_wins", list, "neighbors.last_writer_wins", path, [])
+    for index, group_name in enumerate(unowned):
+        if not isinstance(group_name, str) or not check_group_name(group_name):
+            raise ConfigError(path, f"neighbors.last_writer_wins[{index}]", "must be a group name")
     fastpath = _table(data, "fastpath", {"enabled"}, path)
     fastpath_enabled = _typed(fastpath, "enabled", bool, "fastpath.enabled", path, True)
     control = _table(data, "control", _CONTROL, path)
@@ -227,6 +246,9 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
         metrics_listen=listen,
         neighbor_capacity=capacity,
         neighbor_lifetime_seconds=float(lifetime),
+        per_member_limit=per_member,
+        claim_probe_ms=probe_ms,
+        last_writer_wins=frozenset(unowned),
         fastpath_enabled=fastpath_enabled,
         control_socket=Path(control_socket) if control_socket else None,
         control_tcp=control_tcp,

@@ -239,6 +239,8 @@ def render(command: str, result: Any) -> str:
                 ("state", "STATE"),
                 ("router", "ROUTER"),
                 ("idle_s", "IDLE S"),
+                ("owner", "OWNER"),
+                ("claimant", "CLAIMED BY"),
             ],
         )
     if command == "workers":

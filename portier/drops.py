@@ -49,6 +49,10 @@ class DropReason(StrEnum):
     HOLD_QUEUE_FULL = "hold_queue_full"
     HOLD_TIMEOUT = "hold_timeout"
     UNSPECIFIED_DESTINATION = "unspecified_destination"
+    # Address ownership (ownership.py)
+    CLAIM_REFUSED = "claim_refused"  # ND claiming an address another member owns
+    SOURCE_INVALID = "source_invalid"  # data from an address another member owns
+    OVER_QUOTA = "over_quota"  # a new address from a member that owns all it may
     # Worker I/O
     SOCKET_OVERFLOW = "socket_overflow"
 

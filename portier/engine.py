@@ -17,7 +17,16 @@ The rules (RFC 4389, with Portier's groups):
 - An on-link destination not yet known is held (holdqueue.py) while the proxy solicits
   it out of the other members, on behalf of the sender: the NS carries the held packet's
   source address and the egress MAC, so the answer comes back through the proxy.
-- The sources of valid ND messages and of proxied packets are learned (neighbors.py).
+- The sources of valid ND messages and of proxied packets are learned (neighbors.py),
+  and so are the router addresses the upstream's RAs name (prefix options with R set),
+  under the ownership rules (ownership.py): a free address goes to its first claimant
+  within the member's quota; a frame claiming an address another member or MAC owns
+  does not move it: it is dropped (`claim_refused` for ND, `source_invalid` for data;
+  a DAD probe is still relayed) and reported as a `Claimed` action, and the supervisor
+  checks the owner.  While an entry's owner is being checked, everything the owner sends
+  for it is reported (that is its answer).  `probe()` builds the owner check's NS.
+- The proxy's own work on a member's behalf (solicitations for its held frames, owner
+  check reports, early answers) is rate-limited per member (fairshare.py).
 - A multicast NS for a neighbor seen in the last ANSWER_FRESH_S behind another member is
   answered by the proxy (its own MAC, override clear) and still forwarded (answers.py
   holds the answer, and answers it ahead of everything else for the worker).
@@ -42,6 +51,7 @@ from portier.addresses import (
 from portier.answers import ANSWER_FRESH_S, answer_frame, answerable
 from portier.checksum import upper_layer_checksum
 from portier.drops import DropReason, FrameError
+from portier.fairshare import TokenBuckets
 from portier.frame import (
     DST,
     DST_MAC,
@@ -76,6 +86,7 @@ from portier.ndmsg import (
     encode_nd,
 )
 from portier.neighbors import Neighbor, NeighborCache
+from portier.ownership import Verdict, judge
 from portier.rewrite import rewrite_nd
 from portier.validation import ND_HOP_LIMIT, validate_nd
 
@@ -93,6 +104,7 @@ _AFTER_MACS = slice(ETHERTYPE_OFFSET, None)  # all a forwarded frame keeps
 _PTB_QUOTE_MAX = IPV6_MIN_MTU - 40 - 8
 _INFINITE_LIFETIME = 0xFFFFFFFF
 _FOREVER = float("inf")
+_PI_FLAG_ROUTER_ADDRESS = 0x20  # RFC 6275 §7.2: the prefix field is the router's address
 
 
 class Transmit(NamedTuple):
@@ -111,6 +123,15 @@ class Dropped(NamedTuple):
 
 class Learned(NamedTuple):
     neighbor: Neighbor  # a copy, safe to keep
+
+
+class Claimed(NamedTuple):
+    """A member claimed an address someone else owns: the supervisor checks the owner."""
+
+    group: str
+    address: bytes
+    interface: str
+    mac: bytes
 
 
 class Expired(NamedTuple):
@@ -134,7 +155,9 @@ class PrefixLearned(NamedTuple):
     valid_until: float  # 0 withdraws the prefix
 
 
-Action = Transmit | Dropped | Learned | Expired | LoopDetected | LoopCleared | PrefixLearned
+Action = (
+    Transmit | Dropped | Learned | Claimed | Expired | LoopDetected | LoopCleared | PrefixLearned
+)
 
 
 class Engine:
@@ -146,6 +169,8 @@ class Engine:
         *,
         ptb_rate_per_s: float = 10.0,
         ptb_burst: int = 20,
+        member_work_per_s: float = 50.0,
+        member_work_burst: int = 100,
     ) -> None:
         self.topology = topology
         self.neighbors = neighbors if neighbors is not None else NeighborCache()
@@ -154,12 +179,17 @@ class Engine:
         self._ptb_burst = float(ptb_burst)
         self._ptb_tokens = float(ptb_burst)
         self._ptb_refilled_at = 0.0
+        # Per member: solicitations for its held frames, claim reports, early answers.
+        self.member_work = TokenBuckets(member_work_per_s, member_work_burst)
         self.counters = {
             "held": 0,
             "released": 0,
             "ptb_sent": 0,
             "solicits_sent": 0,
             "answered": 0,
+            "claims_reported": 0,
+            "probes_sent": 0,
+            "member_work_limited": 0,
         }
 
     # --- ingress -------------------------------------------------------------------
@@ -237,11 +267,15 @@ class Engine:
                 entry is None
                 or entry.interface != ingress
                 or entry.mac != source_mac
+                or entry.check_until
                 or now - entry.last_seen >= 1.0
             ) and (entry is not None or self._on_link(group, src) is not False):
-                learned = self.neighbors.learn(group, src, ingress, source_mac, now)
-                if learned is not None:
-                    self._on_learned(learned, now, actions)
+                refused = self._claim(group, src, ingress, source_mac, now, actions)
+                if refused is not None:
+                    if refused is DropReason.CLAIM_REFUSED:
+                        refused = DropReason.SOURCE_INVALID
+                    actions.append(Dropped(ingress, refused))
+                    return actions
         dst = frame[DST]
         if dst in iface.addresses:
             actions.append(Dropped(ingress, DropReason.LOCAL_DESTINATION))
@@ -279,37 +313,49 @@ class Engine:
                 ]
             if upstream == ingress:
                 self._learn_prefixes(group, message, now, actions)
+                self._learn_router_addresses(group, iface, frame, message, now, actions)
 
         source_mac = frame[SRC_MAC]
+        refused: DropReason | None = None
         # An NA from its own target is learned once, below, with its flags.
         if src != UNSPECIFIED and not (
             kind == NDType.NEIGHBOR_ADVERTISEMENT and src == message.target  # type: ignore[union-attr]
         ):
             link_layer = _link_layer_option(message.options, OptionType.SOURCE_LINK_LAYER)
-            learned = self.neighbors.learn(
+            refused = self._claim(
                 group,
                 src,
                 ingress,
                 link_layer or source_mac,
                 now,
+                actions,
                 is_router=True if kind == NDType.ROUTER_ADVERTISEMENT else None,
             )
-            if learned is not None:
-                self._on_learned(learned, now, actions)
         if kind == NDType.NEIGHBOR_ADVERTISEMENT:
             assert isinstance(message, NeighborAdvertisement)
             link_layer = _link_layer_option(message.options, OptionType.TARGET_LINK_LAYER)
-            learned = self.neighbors.learn(
+            refused = refused or self._claim(
                 group,
                 message.target,
                 ingress,
                 link_layer or source_mac,
                 now,
+                actions,
                 confirmed=message.solicited,
                 is_router=message.router,
             )
-            if learned is not None:
-                self._on_learned(learned, now, actions)
+        elif kind == NDType.NEIGHBOR_SOLICITATION and src == UNSPECIFIED:
+            # DAD: never learned, still relayed (the owner must see it to defend), and a
+            # probe for someone else's address starts the owner check at once.
+            assert isinstance(message, NeighborSolicitation)
+            if (
+                judge(self.topology, self.neighbors, group, message.target, ingress, source_mac)
+                is Verdict.CLAIM
+            ):
+                self._report_claim(group, message.target, ingress, source_mac, now, actions)
+        if refused is not None:
+            actions.append(Dropped(ingress, refused))
+            return actions
 
         if kind == NDType.NEIGHBOR_SOLICITATION and dst[0] == 0xFF and not answered:
             assert isinstance(message, NeighborSolicitation)
@@ -425,12 +471,25 @@ class Engine:
         if pending is not None:
             solicit, _ = self.hold.due(now)
             for due in solicit:
-                self._solicit(due.group, due.address, due.source, due.ingress, actions)
+                self._solicit(due.group, due.address, due.source, due.ingress, now, actions)
 
     def _solicit(
-        self, group: str, target: bytes, source: bytes, ingress: str, actions: list[Action]
+        self,
+        group: str,
+        target: bytes,
+        source: bytes,
+        ingress: str,
+        now: float,
+        actions: list[Action],
     ) -> None:
-        """Our own NS for `target`, out of every other member, speaking for `source`."""
+        """Our own NS for `target`, out of every other member, speaking for `source`.
+
+        It costs the member whose frame is held a token: a flood of frames to unknown
+        destinations spends only its sender's share.
+        """
+        if not self.member_work.allow(ingress, now):
+            self.counters["member_work_limited"] += 1
+            return
         dst = solicited_node(target)
         dst_mac = multicast_mac(dst)
         for member in self.topology.forwarding_members(group):
@@ -498,6 +557,9 @@ class Engine:
         entry = self._answerable(iface, message.target, now)
         if asker == UNSPECIFIED or entry is None:
             return None
+        if not self.member_work.allow(iface.name, now):
+            self.counters["member_work_limited"] += 1
+            return None
         asker_mac = _link_layer_option(message.options, OptionType.SOURCE_LINK_LAYER)
         return self._answer(iface, entry, asker, asker_mac or frame[SRC_MAC])
 
@@ -507,6 +569,76 @@ class Engine:
         self.counters["answered"] += 1
         frame = answer_frame(iface.mac, entry.address, entry.is_router, asker, asker_mac)
         return Transmit(iface.name, frame)
+
+    # --- learning and ownership ------------------------------------------------------
+
+    def _claim(
+        self,
+        group: str,
+        address: bytes,
+        ingress: str,
+        mac: bytes,
+        now: float,
+        actions: list[Action],
+        *,
+        confirmed: bool = False,
+        is_router: bool | None = None,
+    ) -> DropReason | None:
+        """Learn `address` for (`ingress`, `mac`) as far as ownership allows.
+
+        Returns why the frame must be dropped (the claim is refused), or None.
+        """
+        verdict = judge(self.topology, self.neighbors, group, address, ingress, mac)
+        if verdict is Verdict.CLAIM:
+            self._report_claim(group, address, ingress, mac, now, actions)
+            return DropReason.CLAIM_REFUSED
+        if verdict is Verdict.OVER_QUOTA:
+            return DropReason.OVER_QUOTA
+        learned = self.neighbors.learn(
+            group, address, ingress, mac, now, confirmed=confirmed, is_router=is_router
+        )
+        if learned is None and verdict is Verdict.OWNER:
+            entry = self.neighbors.get(group, address)
+            if entry is not None and entry.check_until:
+                learned = entry  # the owner answers its check: the supervisor must hear it
+        if learned is not None:
+            self._on_learned(learned, now, actions)
+        return None
+
+    def _report_claim(
+        self, group: str, address: bytes, ingress: str, mac: bytes, now: float, actions: list
+    ) -> None:
+        entry = self.neighbors.get(group, address)
+        if entry is not None and entry.check_until > now:
+            return  # a check of it runs already
+        if not self.member_work.allow(ingress, now):
+            self.counters["member_work_limited"] += 1
+            return
+        self.counters["claims_reported"] += 1
+        actions.append(Claimed(group, address, ingress, mac))
+
+    def probe(self, group: str, address: bytes) -> list[Action]:
+        """The owner check: an NS for `address` to its owner's MAC, out of its member.
+
+        From the member's own link-local address when it has one (the owner answers it
+        in unicast); else a DAD-style probe from the unspecified address, which the owner
+        defends with a multicast NA.  Either answer comes back to this member's worker.
+        """
+        entry = self.neighbors.get(group, address)
+        member = self.topology.interfaces.get(entry.interface) if entry else None
+        if entry is None or member is None or member.group != group or not member.enabled:
+            return []
+        source = next((a for a in sorted(member.addresses) if is_link_local(a)), UNSPECIFIED)
+        if source == UNSPECIFIED:
+            dst = solicited_node(address)
+            options: tuple = ()
+        else:
+            dst = address
+            options = (LinkLayerAddressOption(OptionType.SOURCE_LINK_LAYER, member.mac),)
+        icmp = encode_nd(NeighborSolicitation(address, options), source, dst)
+        header = IPv6Header(source, dst, NH_ICMPV6, ND_HOP_LIMIT, len(icmp))
+        self.counters["probes_sent"] += 1
+        return [Transmit(member.name, build_frame(entry.mac, member.mac, header, icmp))]
 
     # --- learning ------------------------------------------------------------------
 
@@ -550,6 +682,31 @@ class Engine:
             if previous is None or abs(previous - until) > 60.0:
                 actions.append(PrefixLearned(group, key[0], key[1], until))
 
+    def _learn_router_addresses(
+        self,
+        group: str,
+        iface: Interface,
+        frame: bytes,
+        message: RouterAdvertisement,
+        now: float,
+        actions: list[Action],
+    ) -> None:
+        """A prefix option with the R flag names the router's own address (RFC 6275
+        §7.2): it belongs to the router on the upstream, pinned like its source."""
+        router_mac = (
+            _link_layer_option(message.options, OptionType.SOURCE_LINK_LAYER) or frame[SRC_MAC]
+        )
+        for option in message.options:
+            if (
+                isinstance(option, PrefixInformation)
+                and option.flags & _PI_FLAG_ROUTER_ADDRESS
+                and option.prefix[0] != 0xFF
+                and option.prefix != UNSPECIFIED
+            ):
+                self._claim(
+                    group, option.prefix, iface.name, router_mac, now, actions, is_router=True
+                )
+
     def _on_link(self, group: str, address: bytes) -> bool | None:
         """True on-link, False off-link, None when no RA has told us yet."""
         if is_link_local(address):
@@ -578,7 +735,9 @@ class Engine:
         actions.extend(Expired(entry) for entry in self.neighbors.expire(now))
         solicit, expired = self.hold.due(now)
         for pending in solicit:
-            self._solicit(pending.group, pending.address, pending.source, pending.ingress, actions)
+            self._solicit(
+                pending.group, pending.address, pending.source, pending.ingress, now, actions
+            )
         for pending in expired:
             for held in pending.frames:
                 actions.append(Dropped(held.ingress, DropReason.HOLD_TIMEOUT))

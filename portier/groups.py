@@ -88,16 +88,26 @@ class Group:
     upstream: str | None = None
     # On-link prefixes learned from the upstream's RAs: (prefix, length) -> valid until.
     onlink_prefixes: dict[tuple[bytes, int], float] = field(default_factory=dict)
+    # Address ownership (ownership.py); off makes the group last-writer-wins.
+    ownership: bool = True
 
 
 class Topology:
     """Interfaces and groups with the membership rules; every change returns a Status."""
 
-    def __init__(self, *, nested: bool = False, loop_disable_s: float = DEFAULT_LOOP_DISABLE_S):
+    def __init__(
+        self,
+        *,
+        nested: bool = False,
+        loop_disable_s: float = DEFAULT_LOOP_DISABLE_S,
+        last_writer_wins: frozenset[str] = frozenset(),
+    ):
         self.interfaces: dict[str, Interface] = {}
         self.groups: dict[str, Group] = {}
         self.nested = nested
         self.loop_disable_s = loop_disable_s
+        # Groups created with address ownership switched off (ownership.py).
+        self.last_writer_wins = last_writer_wins
         self._own_macs: frozenset[bytes] | None = None
 
     # --- binding -----------------------------------------------------------------
@@ -167,7 +177,7 @@ class Topology:
         status = check_group_name(name)
         if not status:
             return status
-        self.groups[name] = Group(name)
+        self.groups[name] = Group(name, ownership=name not in self.last_writer_wins)
         return OK
 
     def release_group(self, name: str) -> Status:

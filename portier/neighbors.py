@@ -4,12 +4,19 @@ RFC 4389 learning fills it: the source of every valid ND message and proxied pac
 an NA's target, an RA's source as a router.  An entry is REACHABLE for `reachable_s`
 after a solicited NA confirmed it and STALE otherwise; it expires `lifetime_s` after it
 was last seen.  The cache is bounded: when full, the least recently seen entry is evicted
-(entries are kept in last-seen order, so both expiry and eviction look at the front).
-Time is always a parameter.
+(entries are kept in last-seen order, so expiry looks at the front).
+
+Each entry also names its owner: the member interface and the MAC behind it
+(ownership.py holds the rules of who may claim what).  The cache counts what each member
+owns per group, for the quota.  The eviction rule, when the cache is full: the least
+recently seen entry of the member that owns the most entries goes, so a member can only
+push out entries of a member holding at least as many as it does (and, once it is the
+largest, only its own).  Time is always a parameter.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -17,6 +24,7 @@ from enum import StrEnum
 DEFAULT_CAPACITY = 16384
 DEFAULT_LIFETIME_S = 600.0
 DEFAULT_REACHABLE_S = 30.0
+DEFAULT_PER_MEMBER_LIMIT = 256
 # Seeing a neighbor again within this many seconds does not reorder the cache.
 _TOUCH_GRANULARITY_S = 1.0
 
@@ -24,6 +32,11 @@ _TOUCH_GRANULARITY_S = 1.0
 class NeighborState(StrEnum):
     REACHABLE = "reachable"
     STALE = "stale"
+
+
+class OwnerState(StrEnum):
+    OWNED = "owned"  # the owner holds it; other claims start a check
+    CHECKING = "checking"  # another member claimed it: the owner is being probed
 
 
 @dataclass(slots=True)
@@ -37,9 +50,20 @@ class Neighbor:
     last_seen: float = 0.0
     reachable_until: float = 0.0
     reported_at: float = 0.0
+    # While another member's claim is checked: who claims it, and when the owner's time
+    # to answer runs out (0: no check running).
+    claimant: str = ""
+    claimant_mac: bytes = b""
+    check_until: float = 0.0
 
     def state(self, now: float) -> NeighborState:
         return NeighborState.REACHABLE if now < self.reachable_until else NeighborState.STALE
+
+    def owner_state(self) -> OwnerState:
+        return OwnerState.CHECKING if self.check_until else OwnerState.OWNED
+
+    def owned_by(self, interface: str, mac: bytes) -> bool:
+        return self.interface == interface and self.mac == mac
 
     def copy(self) -> Neighbor:
         return replace(self)
@@ -52,10 +76,12 @@ class NeighborCache:
         capacity: int = DEFAULT_CAPACITY,
         lifetime_s: float = DEFAULT_LIFETIME_S,
         reachable_s: float = DEFAULT_REACHABLE_S,
+        per_member_limit: int = DEFAULT_PER_MEMBER_LIMIT,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        self.per_member_limit = per_member_limit
         self.lifetime_s = lifetime_s
         self.reachable_s = reachable_s
         # A known neighbor seen again is reported at least this often, so that replicas
@@ -65,6 +91,8 @@ class NeighborCache:
         self._entries: dict[tuple[str, bytes], Neighbor] = {}
         # group -> addresses of its routers, so that choosing one never scans the cache.
         self._routers: dict[str, set[bytes]] = {}
+        # (group, member) -> how many entries that member owns there.
+        self._owned: Counter[tuple[str, str]] = Counter()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -74,6 +102,15 @@ class NeighborCache:
 
     def get(self, group: str, address: bytes) -> Neighbor | None:
         return self._entries.get((group, address))
+
+    def owned_count(self, group: str, interface: str) -> int:
+        return self._owned[(group, interface)]
+
+    def owned_counts(self) -> dict[tuple[str, str], int]:
+        return dict(self._owned)
+
+    def at_quota(self, group: str, interface: str) -> bool:
+        return self._owned[(group, interface)] >= self.per_member_limit
 
     def learn(
         self,
@@ -97,6 +134,8 @@ class NeighborCache:
             return entry
         changed = entry.interface != interface or entry.mac != mac
         if changed:
+            self._count(group, entry.interface, -1)
+            self._count(group, interface, 1)
             entry.interface = interface
             entry.mac = mac
             entry.reachable_until = 0.0
@@ -124,11 +163,26 @@ class NeighborCache:
 
     def _insert(self, key: tuple[str, bytes], entry: Neighbor) -> None:
         while len(self._entries) >= self.capacity:
-            self._delete(next(iter(self._entries)))
+            self._delete(self._eviction_victim())
             self.evicted += 1
         self._entries[key] = entry
+        self._count(entry.group, entry.interface, 1)
         if entry.is_router:
             self._index_router(entry)
+
+    def _count(self, group: str, interface: str, delta: int) -> None:
+        owner = (group, interface)
+        self._owned[owner] += delta
+        if self._owned[owner] <= 0:
+            del self._owned[owner]
+
+    def _eviction_victim(self) -> tuple[str, bytes]:
+        """The least recently seen entry of the member that owns the most entries."""
+        (group, interface), _ = max(self._owned.items(), key=lambda item: item[1])
+        for key, entry in self._entries.items():
+            if entry.group == group and entry.interface == interface:
+                return key
+        return next(iter(self._entries))  # unreachable while the counts are right
 
     def _index_router(self, entry: Neighbor) -> None:
         routers = self._routers.setdefault(entry.group, set())
@@ -139,9 +193,25 @@ class NeighborCache:
 
     def _delete(self, key: tuple[str, bytes]) -> Neighbor | None:
         entry = self._entries.pop(key, None)
-        if entry is not None and entry.is_router:
+        if entry is None:
+            return None
+        self._count(entry.group, entry.interface, -1)
+        if entry.is_router:
             self._routers[entry.group].discard(entry.address)
         return entry
+
+    def move(self, entry: Neighbor, interface: str, mac: bytes, now: float) -> None:
+        """Give a stored entry to a new owner (a claim whose check failed)."""
+        key = (entry.group, entry.address)
+        self._delete(key)
+        entry.interface = interface
+        entry.mac = mac
+        entry.reachable_until = 0.0
+        entry.claimant = ""
+        entry.claimant_mac = b""
+        entry.check_until = 0.0
+        entry.last_seen = entry.reported_at = now
+        self._insert(key, entry)
 
     def remove(self, group: str, address: bytes) -> Neighbor | None:
         return self._delete((group, address))

@@ -66,6 +66,7 @@ def topology_to_wire(topology: Topology) -> dict[str, Any]:
                 "name": g.name,
                 "members": list(g.members),
                 "upstream": g.upstream,
+                "ownership": g.ownership,
                 "onlink_prefixes": [
                     [prefix, length, until] for (prefix, length), until in g.onlink_prefixes.items()
                 ],
@@ -118,6 +119,7 @@ def _group_from_wire(item: dict[str, Any]) -> Group:
     members = [_typed(m, str, f"{name} member") for m in _typed(item["members"], list, name)]
     upstream = item["upstream"]
     group = Group(name, members, None if upstream is None else _typed(upstream, str, "upstream"))
+    group.ownership = _typed(item.get("ownership", True), bool, f"{name} ownership")
     for entry in _typed(item["onlink_prefixes"], list, f"{name} prefixes"):
         prefix, length, until = _typed(entry, list, f"{name} prefix")
         _typed(length, int, f"{name} prefix length")

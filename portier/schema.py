@@ -80,6 +80,9 @@ _NEIGHBOR = (
     _f("first_seen", *_NUMBER),
     _f("last_seen", *_NUMBER),
     _f("reachable_until", *_NUMBER),
+    _f("claimant", str, required=False),
+    _f("claimant_mac", bytes, required=False),
+    _f("check_until", *_NUMBER, required=False),
 )
 
 _LINK_FIELDS = (
@@ -95,6 +98,7 @@ WORKER_KINDS: dict[str, tuple[Field, ...]] = {
     # worker -> supervisor
     "hello": (_f("interface", str), _f("pid", int), *_LINK_FIELDS),
     "learned": (_f("neighbors", list),),
+    "claim": (_f("group", str), _f("address", bytes), _f("mac", bytes)),
     "loop": (_f("interface", str), _f("group", str), _f("until", *_NUMBER)),
     "prefix": (
         _f("group", str),
@@ -308,6 +312,8 @@ def check_neighbor(item: object) -> dict[str, Any]:
         raise _invalid("neighbor: address must be 16 bytes and mac 6 bytes")
     if any(math.isnan(item[name]) for name in ("first_seen", "last_seen", "reachable_until")):
         raise _invalid("neighbor: a time is not a number")
+    if math.isnan(item.get("check_until", 0.0)) or len(item.get("claimant_mac", b"")) not in (0, 6):
+        raise _invalid("neighbor: bad owner check")
     return item
 
 
@@ -321,6 +327,9 @@ def neighbor_to_wire(neighbor: Neighbor) -> dict[str, Any]:
         "first_seen": neighbor.first_seen,
         "last_seen": neighbor.last_seen,
         "reachable_until": neighbor.reachable_until,
+        "claimant": neighbor.claimant,
+        "claimant_mac": neighbor.claimant_mac,
+        "check_until": neighbor.check_until,
     }
 
 
@@ -336,4 +345,7 @@ def neighbor_from_wire(item: object) -> Neighbor:
         last_seen=float(data["last_seen"]),
         reachable_until=float(data["reachable_until"]),
         reported_at=float(data["last_seen"]),
+        claimant=data.get("claimant", ""),
+        claimant_mac=bytes(data.get("claimant_mac", b"")),
+        check_until=float(data.get("check_until", 0.0)),
     )

@@ -1,6 +1,6 @@
 """The event stream: a PUB socket that watchers (`portierctl watch`) subscribe to.
 
-Each event is two frames: the topic (state, neighbor, worker, loop) and a msgpack map
+Each event is two frames: the topic (state, neighbor, worker, loop, claim) and a msgpack map
 with the schema version, the topic as `kind`, a wall-clock `time` and the event's
 fields.  A slow watcher loses events (PUB drops at its high-water mark); it never slows
 the daemon.  Until the socket is bound (during restore) events go nowhere.
@@ -15,7 +15,7 @@ import zmq
 
 from portier import schema
 
-TOPICS = ("state", "neighbor", "worker", "loop")
+TOPICS = ("state", "neighbor", "worker", "loop", "claim")
 
 
 class EventPublisher:

@@ -1,7 +1,11 @@
 """The kernel fast path: unicast to learned neighbors forwarded by nftables, not Python.
 
 One netdev table, `portier`, owned by portierd and programmed from the authoritative
-state.  Per enabled member an ingress chain: ND is accepted (it goes on to the workers),
+state.  Per enabled member an ingress chain: frames that carried a VLAN tag are left
+alone (never forwarded), ND is accepted (it goes on to the workers), a packet whose
+source address is owned by another member or MAC (source validation, RFC 6620) is left
+to the workers, which drop and count it and report the claim (two set lookups: `owned_`
+holds the group's owned addresses, `own_` each one with its owner's ifindex and MAC),
 then a verdict map keyed by destination address jumps to that neighbor's chain: rewrite
 both Ethernet addresses and `fwd` out of the egress; what the map misses (multicast,
 unknown destinations) goes on to the workers too.  Neighbors whose data
@@ -40,6 +44,7 @@ from typing import Any
 from portier.addresses import format_ipv6, format_mac
 from portier.groups import Topology
 from portier.neighbors import NeighborCache
+from portier.ownership import protected
 
 log = logging.getLogger("portier.supervisor")
 
@@ -90,11 +95,17 @@ class IngressRule:
     router_chain: str | None  # downstream only: where off-link destinations go
 
 
+# An owned address's owner as the kernel sees it: (interface name, ifindex, MAC).
+Owner = tuple[str, int, bytes]
+
+
 @dataclass
 class Desired:
     groups: dict[str, tuple[tuple[bytes, int], ...]] = field(default_factory=dict)
     ingress: dict[str, IngressRule] = field(default_factory=dict)
     neighbors: dict[tuple[str, bytes], NeighborRule] = field(default_factory=dict)
+    # group -> owned address -> its owner, for the source check at ingress.
+    owners: dict[str, dict[bytes, Owner]] = field(default_factory=dict)
 
 
 def desired_state(topology: Topology, neighbors: NeighborCache, now: float) -> Desired:
@@ -118,10 +129,14 @@ def desired_state(topology: Topology, neighbors: NeighborCache, now: float) -> D
             want.ingress[name] = IngressRule(
                 group.name, None if name == group.upstream else router_chain
             )
+    for group_name in want.groups:
+        want.owners[group_name] = {}
     for entry in neighbors:
         egress = usable.get(entry.interface)
         if egress is None or egress.group != entry.group or entry.group not in want.groups:
             continue
+        if protected(topology, entry):
+            want.owners[entry.group][entry.address] = (egress.name, egress.ifindex, entry.mac)
         largest = max(usable[m].mtu for m in topology.groups[entry.group].members if m in usable)
         want.neighbors[(entry.group, entry.address)] = NeighborRule(
             egress.name,
@@ -505,7 +520,12 @@ class FastPath:
         for name in have.ingress.keys() - want.ingress.keys():
             commands.append({"delete": _obj("chain", name=f"in_{_hex(name)}")})
         for group in have.groups.keys() - want.groups.keys():
-            for kind, prefix in (("map", "g_"), ("set", "onlink_")):
+            for kind, prefix in (
+                ("map", "g_"),
+                ("set", "onlink_"),
+                ("set", "owned_"),
+                ("set", "own_"),
+            ):
                 commands.append({"delete": _obj(kind, name=f"{prefix}{_hex(group)}")})
         for key in have.neighbors.keys() - want.neighbors.keys():
             group, address = key
@@ -525,6 +545,19 @@ class FastPath:
                         )
                     },
                 ]
+                commands += [
+                    {"add": _obj("set", name=f"owned_{tag}", type="ipv6_addr")},
+                    {
+                        "add": _obj(
+                            "set",
+                            name=f"own_{tag}",
+                            type=["ipv6_addr", "iface_index", "ether_addr"],
+                        )
+                    },
+                ]
+            commands += FastPath._owner_changes(
+                tag, have.owners.get(group, {}), want.owners.get(group, {})
+            )
             if group not in have.groups or have.groups[group] != prefixes:
                 elements = [{"prefix": {"addr": "fe80::", "len": 10}}] + [
                     {"prefix": {"addr": format_ipv6(prefix), "len": length}}
@@ -580,6 +613,43 @@ class FastPath:
         return commands
 
     @staticmethod
+    def _owner_changes(
+        tag: str, have: dict[bytes, Owner], want: dict[bytes, Owner]
+    ) -> list[dict[str, Any]]:
+        def owner_element(address: bytes, owner: Owner) -> dict[str, Any]:
+            name, _ifindex, mac = owner
+            return {"concat": [format_ipv6(address), name, format_mac(mac)]}
+
+        commands: list[dict[str, Any]] = []
+        gone = [a for a in have if have[a] != want.get(a)]
+        if gone:
+            commands.append(
+                {
+                    "delete": _obj(
+                        "element", name=f"own_{tag}", elem=[owner_element(a, have[a]) for a in gone]
+                    )
+                }
+            )
+            left = [format_ipv6(a) for a in gone if a not in want]
+            if left:
+                commands.append({"delete": _obj("element", name=f"owned_{tag}", elem=left)})
+        arrived = [a for a in want if have.get(a) != want[a]]
+        if arrived:
+            fresh = [format_ipv6(a) for a in arrived if a not in have]
+            if fresh:
+                commands.append({"add": _obj("element", name=f"owned_{tag}", elem=fresh)})
+            commands.append(
+                {
+                    "add": _obj(
+                        "element",
+                        name=f"own_{tag}",
+                        elem=[owner_element(a, want[a]) for a in arrived],
+                    )
+                }
+            )
+        return commands
+
+    @staticmethod
     def _neighbor_rules(chain: str, rule: NeighborRule) -> list[dict[str, Any]]:
         statements: list[list[dict[str, Any]]] = [
             # Never back out of the ingress: leave it to the workers, which count it.  (`iif`
@@ -627,13 +697,36 @@ class FastPath:
     def _ingress_rules(chain: str, rule: IngressRule) -> list[dict[str, Any]]:
         tag = _hex(rule.group)
         daddr = _payload("ip6", "daddr")
+        saddr = _payload("ip6", "saddr")
         statements: list[list[dict[str, Any]]] = [
+            # A frame that carried a VLAN tag is not this member's: the kernel shows the
+            # tag back in the Ethernet header here, so the type is not IPv6.  Left to the
+            # stack (the host's own VLAN sub-interfaces), never forwarded.
+            [
+                {"match": {"op": "!=", "left": _payload("ether", "type"), "right": "ip6"}},
+                {"accept": None},
+            ],
             [
                 {
                     "match": {
                         "op": "==",
                         "left": _payload("icmpv6", "type"),
                         "right": {"set": ND_TYPES},
+                    }
+                },
+                {"accept": None},
+            ],
+            # Someone else's source address: the workers drop it, count it, check the
+            # owner.  (An unowned source costs one lookup, an owned one two.)
+            [
+                {"match": {"op": "==", "left": saddr, "right": f"@owned_{tag}"}},
+                {
+                    "match": {
+                        "op": "!=",
+                        "left": {
+                            "concat": [saddr, {"meta": {"key": "iif"}}, _payload("ether", "saddr")]
+                        },
+                        "right": f"@own_{tag}",
                     }
                 },
                 {"accept": None},

@@ -31,6 +31,7 @@ from portier.config import DEFAULT_PATH, Config, ConfigError, load_config
 from portier.status import Status
 from portier.supervisor import operations
 from portier.supervisor.channel import WorkerChannel
+from portier.supervisor.claims import ClaimDesk
 from portier.supervisor.commit import Committer
 from portier.supervisor.configapply import ConfigApplier
 from portier.supervisor.control import ControlServer
@@ -76,6 +77,8 @@ class Supervisor:
                 str(config.neighbor_capacity),
                 "--neighbor-lifetime",
                 str(config.neighbor_lifetime_seconds),
+                "--per-member-limit",
+                str(config.per_member_limit),
                 "--log-level",
                 log_level,
             ],
@@ -105,12 +108,14 @@ class Supervisor:
         self.applier.pool = self.pool
         self.applier.fastpath = self.fastpath
         self.applier.background = self.loops.background
+        self.claims = ClaimDesk(self.channel, self.committer, self.stats)
         self.reports = WorkerReports(
             self.state,
             self.pool,
             self.channel,
             self.committer,
             self.stats,
+            self.claims,
             on_connected=self.readiness.check,
         )
         self.timers = Timers(
@@ -122,6 +127,7 @@ class Supervisor:
             self.readiness,
             self.loops,
             self.stats,
+            self.claims,
         )
         self.control_servers: list[ControlServer] = []
         self.operations = OperationParts(

@@ -201,6 +201,31 @@ class PortierCollector:
             expired.add_metric([group], sup.stats.expired.get(group, 0))
         yield learned
         yield expired
+        # Claims: the supervisor settles refused/moved/over_quota; the workers drop what
+        # claimed over quota or spoke from someone else's address.
+        claims = CounterMetricFamily(
+            "portier_claims",
+            "Address claims by a member, by outcome",
+            labels=["interface", "outcome"],
+        )
+        claim_counts: dict[tuple[str, str], int] = dict(sup.stats.claims)
+        for (name, reason), value in drops.items():
+            if reason in ("over_quota", "source_invalid"):
+                claim_counts[(name, reason)] = claim_counts.get((name, reason), 0) + value
+        for handle in sup.pool.handles.values():
+            for outcome in ("refused", "moved", "over_quota", "source_invalid"):
+                claim_counts.setdefault((handle.interface, outcome), 0)
+        for (name, outcome), value in sorted(claim_counts.items()):
+            claims.add_metric([name, outcome], value)
+        yield claims
+        owned = GaugeMetricFamily(
+            "portier_owned_addresses",
+            "Addresses a member owns in its group",
+            labels=["interface", "group"],
+        )
+        for (group, name), value in sorted(sup.state.neighbors.owned_counts().items()):
+            owned.add_metric([name, group], value)
+        yield owned
 
         workers = GaugeMetricFamily(
             "portier_workers", "Worker processes by state", labels=["state"]

@@ -446,6 +446,8 @@ def _check_document(
         for key in ("first_seen", "last_seen", "reachable_until"):
             converted[key] = to_mono(item[key])
         entry = neighbor_from_wire(converted)
+        # An owner check does not outlive the daemon that ran it: the owner keeps it.
+        entry.claimant, entry.claimant_mac, entry.check_until = "", b"", 0.0
         if entry.last_seen + lifetime_s <= now_mono:
             aged_out += 1
             continue

@@ -2,6 +2,8 @@
 
 hello (the worker is up: its link facts, then its snapshot), heartbeat (its counters),
 resync (it lost a delta: a fresh snapshot), learned (neighbors, checked by the state),
+claim (its member claimed an address someone else owns: the state may start an owner
+check, which claims.py carries out),
 link (the kernel's view of its interface changed), loop (an RA revealed a loop), prefix
 (the upstream's on-link prefixes).  A worker speaks only for its own interface; the
 state refuses the rest.  Only messages from workers the pool spawned for interfaces
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from portier.supervisor.channel import WorkerChannel
+from portier.supervisor.claims import ClaimDesk
 from portier.supervisor.commit import Committer
 from portier.supervisor.state import ProxyState
 from portier.supervisor.stats import SupervisorStats
@@ -33,6 +36,7 @@ class WorkerReports:
         channel: WorkerChannel,
         committer: Committer,
         stats: SupervisorStats,
+        claims: ClaimDesk,
         *,
         on_connected: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
@@ -42,6 +46,7 @@ class WorkerReports:
         self.channel = channel
         self.committer = committer
         self.stats = stats
+        self.claims = claims
         self.on_connected = on_connected
         self.clock = clock
         self.handlers = {
@@ -49,6 +54,7 @@ class WorkerReports:
             "heartbeat": self.on_heartbeat,
             "resync": self.on_resync,
             "learned": self.on_learned,
+            "claim": self.on_claim,
             "link": self.on_link,
             "loop": self.on_loop,
             "prefix": self.on_prefix,
@@ -84,13 +90,15 @@ class WorkerReports:
 
     async def on_learned(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         interface = handle.interface
-        changes, accepted = self.state.on_learned(interface, message["neighbors"])
-        if not accepted:
-            return
-        self.committer.neighbors_dirty = True
-        self.committer.fastpath_dirty = True
-        await self.channel.broadcast(changes, exclude=interface)
-        for entry in accepted:
+        learned = self.state.on_learned(interface, message["neighbors"], self.clock())
+        if learned.settled or learned.probes:
+            # Checks ended or started: every replica must show it, the reporter's too.
+            await self.claims.carry_out(learned.changes, learned.settled, learned.probes)
+        elif learned.accepted:
+            self.committer.neighbors_dirty = True
+            self.committer.fastpath_dirty = True
+            await self.channel.broadcast(learned.changes, exclude=interface)
+        for entry in learned.accepted:
             self.stats.learned[entry.group] += 1
             self.committer.publish(
                 "neighbor",
@@ -101,6 +109,16 @@ class WorkerReports:
                 mac=entry.mac,
                 router=entry.is_router,
             )
+
+    async def on_claim(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        changes, settled, probes = self.state.on_claim(
+            handle.interface,
+            message["group"],
+            bytes(message["address"]),
+            bytes(message["mac"]),
+            self.clock(),
+        )
+        await self.claims.carry_out(changes, settled, probes)
 
     async def on_link(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         interface = handle.interface

@@ -3,16 +3,20 @@
 Every mutation goes through this class and returns the replication changes it caused,
 so that the supervisor's main loop (the only writer) can ship them to the workers.
 Reports from workers are checked here: a worker speaks only for its own interface and
-that interface's current group.
+that interface's current group.  Address ownership is enforced here too (the rules are
+portier/ownership.py's): a learned report that would move an owned entry is a claim, a
+claim starts an owner check, an owner heard during its check refuses the claim, and
+`settle_due` moves the entries whose owners stayed silent.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from portier.config import Config
 from portier.groups import DisableReason, Topology
 from portier.neighbors import Neighbor, NeighborCache
+from portier.ownership import ClaimOutcome, OwnerChecks, Probe, Settled, protected, quota_applies
 from portier.replication import (
     Change,
     change_flush,
@@ -24,11 +28,27 @@ from portier.schema import link_facts, neighbor_from_wire
 from portier.status import OK, Status
 
 
+class LearnedOutcome(NamedTuple):
+    changes: list[Change]
+    accepted: list[Neighbor]
+    settled: list[Settled]  # claims refused (their owner spoke) or over quota
+    probes: list[Probe]  # owner checks to send (a replica was behind: a claim after all)
+
+
 class ProxyState:
     def __init__(self, config: Config) -> None:
-        self.topology = Topology(nested=config.nested, loop_disable_s=config.loop_disable_seconds)
+        self.topology = Topology(
+            nested=config.nested,
+            loop_disable_s=config.loop_disable_seconds,
+            last_writer_wins=config.last_writer_wins,
+        )
         self.neighbors = NeighborCache(
-            capacity=config.neighbor_capacity, lifetime_s=config.neighbor_lifetime_seconds
+            capacity=config.neighbor_capacity,
+            lifetime_s=config.neighbor_lifetime_seconds,
+            per_member_limit=config.per_member_limit,
+        )
+        self.checks = OwnerChecks(
+            self.topology, self.neighbors, probe_s=config.claim_probe_ms / 1000.0
         )
 
     def apply_config_groups(self, config: Config) -> Status:
@@ -85,23 +105,77 @@ class ProxyState:
         self.topology.set_reason(name, DisableReason.LINK_DOWN, present and not facts.up)
         return self.topology_changed()
 
-    def on_learned(self, name: str, items: list[Any]) -> tuple[list[Change], list[Neighbor]]:
-        """Accept the entries a worker learned on its own interface; others are refused."""
+    def on_learned(self, name: str, items: list[Any], now: float) -> LearnedOutcome:
+        """Accept the entries a worker learned on its own interface, as ownership allows."""
         interface = self.topology.interfaces.get(name)
         group = interface.group if interface else None
-        changes: list[Change] = []
-        accepted: list[Neighbor] = []
+        outcome = LearnedOutcome([], [], [], [])
         for item in items:
             entry = neighbor_from_wire(item)
             if entry.interface != name or entry.group != group:
                 continue
+            # Only the supervisor starts and ends checks: a worker's word on them is void.
+            entry.claimant, entry.claimant_mac, entry.check_until = "", b"", 0.0
             previous = self.neighbors.get(entry.group, entry.address)
-            if previous is not None:
+            if previous is None:
+                if quota_applies(self.topology, entry.group, name) and self.neighbors.at_quota(
+                    entry.group, name
+                ):
+                    outcome.settled.append(Settled(ClaimOutcome.OVER_QUOTA, entry, name, entry.mac))
+                    continue
+            elif not previous.owned_by(name, entry.mac) and protected(self.topology, previous):
+                # The worker's replica was behind the owner: a claim, not a learn.
+                started = self.checks.claim(entry.group, entry.address, name, entry.mac, now)
+                self._claim_started(started, outcome.changes, outcome.settled, outcome.probes)
+                continue
+            else:
                 entry.first_seen = previous.first_seen
+                refused = self.checks.owner_seen(previous)
+                if refused is not None:
+                    outcome.settled.append(refused)
             self.neighbors.put(entry)
-            accepted.append(entry)
-            changes.append(change_neighbor(entry))
-        return changes, accepted
+            outcome.accepted.append(entry)
+            outcome.changes.append(change_neighbor(entry))
+        return outcome
+
+    def on_claim(
+        self, name: str, group: str, address: bytes, mac: bytes, now: float
+    ) -> tuple[list[Change], list[Settled], list[Probe]]:
+        """A worker saw its member claim an address someone else owns."""
+        interface = self.topology.interfaces.get(name)
+        changes: list[Change] = []
+        settled: list[Settled] = []
+        probes: list[Probe] = []
+        if interface is None or interface.group != group or len(address) != 16 or len(mac) != 6:
+            return changes, settled, probes
+        started = self.checks.claim(group, address, name, mac, now)
+        self._claim_started(started, changes, settled, probes)
+        return changes, settled, probes
+
+    def _claim_started(
+        self,
+        started: Probe | Settled | None,
+        changes: list[Change],
+        settled: list[Settled],
+        probes: list[Probe],
+    ) -> None:
+        if isinstance(started, Probe):
+            entry = self.neighbors.get(started.group, started.address)
+            assert entry is not None
+            changes.append(change_neighbor(entry))  # CHECKING, everywhere
+            probes.append(started)
+        elif started is not None:
+            settled.append(started)
+
+    def settle_due(self, now: float) -> tuple[list[Change], list[Settled]]:
+        """Owner checks that ran out: moved (or refused, the claimant being over quota)."""
+        settled = self.checks.due(now)
+        changes = [
+            change_neighbor(entry)
+            for s in settled
+            if (entry := self.neighbors.get(s.neighbor.group, s.neighbor.address)) is not None
+        ]
+        return changes, settled
 
     def on_loop(self, name: str, group: str, now: float) -> list[Change]:
         interface = self.topology.interfaces.get(name)

@@ -1,4 +1,4 @@
-"""Totals the supervisor counts itself (learned, expired, loops), for the metrics.
+"""Totals the supervisor counts itself (learned, expired, loops, claims), for the metrics.
 
 Plain counters, written by the worker reports and the timers, read at scrape time.
 Nothing here is persisted; a restarted daemon counts from zero, as Prometheus expects.
@@ -15,3 +15,7 @@ class SupervisorStats:
     learned: Counter[str] = dataclasses.field(default_factory=Counter)  # by group
     expired: Counter[str] = dataclasses.field(default_factory=Counter)  # by group
     loops: Counter[str] = dataclasses.field(default_factory=Counter)  # by interface
+    # Address claims settled, by (claimant interface, outcome); owner checks sent, by
+    # the owner's interface.
+    claims: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
+    probes: Counter[str] = dataclasses.field(default_factory=Counter)

@@ -1,6 +1,7 @@
 """The supervisor's timers: one tick every 0.5 s does everything that is due.
 
-Neighbor and loop-disable expiry (replicated and announced), the fast path (dirty state
+Neighbor and loop-disable expiry (replicated and announced), owner checks that ran out
+(claims.py carries out the moves), the fast path (dirty state
 programmed, `maintain` for retries and the periodic check), saving learned neighbors at
 most every 2 s, the workers' heartbeats both ways, and the systemd watchdog.  The tick
 beats the loop supervisor's health for the timer loop: a tick that hangs is a loop that
@@ -15,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from portier.supervisor.channel import WorkerChannel
+from portier.supervisor.claims import ClaimDesk
 from portier.supervisor.commit import Committer
 from portier.supervisor.health import Readiness
 from portier.supervisor.loops import LoopSupervisor
@@ -41,6 +43,7 @@ class Timers:
         readiness: Readiness,
         loops: LoopSupervisor,
         stats: SupervisorStats,
+        claims: ClaimDesk,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -52,19 +55,28 @@ class Timers:
         self.readiness = readiness
         self.loops = loops
         self.stats = stats
+        self.claims = claims
         self.clock = clock
         self.next_heartbeat = 0.0
         self.last_save_attempt = clock()
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(self.sleep_s(self.clock()))
             await self.tick(self.clock())
+
+    def sleep_s(self, now: float) -> float:
+        """One tick's wait, shorter when an owner check runs out sooner (a move is due)."""
+        due = self.state.checks.next_deadline()
+        return TICK_S if due is None else min(TICK_S, max(0.01, due - now))
 
     async def tick(self, now: float) -> None:
         self.loops.beat(LOOP_NAME)
         self.readiness.tick(now)
         await self._expire(now)
+        changes, settled = self.state.settle_due(now)
+        if settled:
+            await self.claims.carry_out(changes, settled, [])
         if self.committer.fastpath_dirty:
             await self.committer.sync_fastpath()
         await self.fastpath_maintain(now)

@@ -65,6 +65,10 @@ def neighbors_view(
             "router": entry.is_router,
             "age_s": round(now - entry.first_seen, 1),
             "idle_s": round(now - entry.last_seen, 1),
+            "owner": entry.owner_state().value,
+            "claimant": entry.claimant or None,
+            "claimant_mac": format_mac(entry.claimant_mac) if entry.claimant_mac else None,
+            "check_ends_in_s": round(entry.check_until - now, 2) if entry.check_until else None,
         }
         for entry in neighbors
         if group is None or entry.group == group

@@ -10,6 +10,12 @@ redirect IFACE DST TARGET REDIRECTED SLLA
                        send a Redirect to DST (link-local, on IFACE) with a TLLA option
 rawsend IFACE HEX      send one Ethernet frame, given in hex, out of IFACE
 rs IFACE MAC           send one Router Solicitation carrying MAC in its SLLA option
+framewatch IFACE SECONDS MARKER...
+                       print one JSON line per frame received on IFACE that contains one
+                       of the MARKERs (hex), until every marker was seen or SECONDS passed
+nsflood IFACE SECONDS COUNT
+                       send multicast NS for random targets from IFACE's link-local
+                       address as fast as it can, COUNT at most, for SECONDS at most
 """
 
 from __future__ import annotations
@@ -133,6 +139,51 @@ def raw_send(interface: str, frame_hex: str) -> None:
         sock.send(bytes.fromhex(frame_hex))
 
 
+def frame_watch(interface: str, seconds: float, markers: list[str]) -> None:
+    """Every frame, tagged or not (ETH_P_ALL also sees PACKET_OTHERHOST), with a marker."""
+    wanted = {bytes.fromhex(m): m for m in markers}
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as sock:
+        sock.bind((interface, 0))
+        sock.setsockopt(263, 8, 1)  # PACKET_AUXDATA: the VLAN tag the kernel took off
+        print("listening", flush=True)
+        seen: set[str] = set()
+        deadline = time.monotonic() + seconds
+        while len(seen) < len(wanted) and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                frame, ancillary, _flags, address = sock.recvmsg(65535, 256)
+            except TimeoutError:
+                break
+            for marker, name in wanted.items():
+                if marker in frame:
+                    seen.add(name)
+                    tci = [value.hex() for level, kind, value in ancillary if kind == 8]
+                    print(
+                        json.dumps({"marker": name, "pkttype": address[2], "aux": tci}),
+                        flush=True,
+                    )
+
+
+def ns_flood(interface: str, seconds: float, count: int) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+    index = socket.if_nametoindex(interface)
+    sock.setblocking(False)
+    rng = random.Random(6620)
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while sent < count and time.monotonic() < deadline:
+        target = bytes.fromhex("20010db8000100000000") + rng.randbytes(6)
+        group = f"ff02::1:ff{target[13]:02x}:{target[14]:02x}{target[15]:02x}"
+        try:
+            sock.sendto(bytes([135, 0, 0, 0, 0, 0, 0, 0]) + target, (group, 0, 0, index))
+        except BlockingIOError:
+            continue
+        sent += 1
+    print(sent, flush=True)
+
+
 if __name__ == "__main__":
     role, *rest = sys.argv[1:]
     if role == "server":
@@ -153,3 +204,7 @@ if __name__ == "__main__":
         router_solicitation(rest[0], rest[1])
     elif role == "rawsend":
         raw_send(rest[0], rest[1])
+    elif role == "framewatch":
+        frame_watch(rest[0], float(rest[1]), rest[2:])
+    elif role == "nsflood":
+        ns_flood(rest[0], float(rest[1]), int(rest[2]))

@@ -34,6 +34,7 @@ from portier import logs, schema
 from portier.answers import AnswerTables, EarlyAnswers
 from portier.drops import DropReason
 from portier.engine import (
+    Claimed,
     Dropped,
     Engine,
     Expired,
@@ -94,6 +95,7 @@ class Worker:
         *,
         capacity: int,
         lifetime_s: float,
+        per_member_limit: int = 256,
         silence_s: float = SUPERVISOR_SILENCE_S,
     ) -> None:
         self.interface = interface
@@ -103,7 +105,9 @@ class Worker:
         self.channel.setsockopt(zmq.LINGER, 500)
         self.channel.connect(endpoint)
         self.topology = Topology()
-        self.neighbors = NeighborCache(capacity=capacity, lifetime_s=lifetime_s)
+        self.neighbors = NeighborCache(
+            capacity=capacity, lifetime_s=lifetime_s, per_member_limit=per_member_limit
+        )
         self.engine = Engine(self.topology, self.neighbors)
         self.replica = Replica(self.topology, self.neighbors)
         self.link = LinkWatch(interface)
@@ -168,8 +172,19 @@ class Worker:
             self._on_replication(self.replica.apply(message), kind, now)
         elif kind == "command" and message["command"] == "stop":
             self.stopping = True
+        elif kind == "command" and message["command"] == "probe":
+            self._probe(message.get("args") or {})
         elif kind != "heartbeat":
             self.counters["channel_unexpected_messages"] += 1
+
+    def _probe(self, args: dict[str, Any]) -> None:
+        """The supervisor checks an owner behind this interface: send it the NS."""
+        group, address = args.get("group"), args.get("address")
+        if not isinstance(group, str) or not isinstance(address, bytes) or len(address) != 16:
+            self.counters["channel_bad_messages"] += 1
+            return
+        if not self.replica.stale:
+            self._handle(self.engine.probe(group, address))
 
     def request_snapshot(self) -> None:
         self.counters["resyncs_requested"] += 1
@@ -389,6 +404,8 @@ class Worker:
                     self.learned_since = time.monotonic()
                 self.learned.append(neighbor_to_wire(action.neighbor))
                 self.answer_tables.neighbor_changed(self.topology, action.neighbor)
+            elif kind is Claimed:
+                self.send("claim", group=action.group, address=action.address, mac=action.mac)
             elif kind is Expired:
                 entry = action.neighbor
                 self.answer_tables.neighbor_removed(entry.group, entry.address)
@@ -556,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--neighbor-capacity", type=int, default=16384)
     parser.add_argument("--neighbor-lifetime", type=float, default=600.0)
+    parser.add_argument("--per-member-limit", type=int, default=256)
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--supervisor-silence",
@@ -571,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         args.endpoint,
         capacity=args.neighbor_capacity,
         lifetime_s=args.neighbor_lifetime,
+        per_member_limit=args.per_member_limit,
         silence_s=args.supervisor_silence,
     )
 

@@ -5,9 +5,14 @@ Two receive sockets per interface, each with a classic BPF filter: one takes ND
 and a third, blocking, for the answer thread (answerer.py): multicast NS only.
 The worker reads the ND socket first, so a data flood fills the data socket's buffer,
 not ND's.  Both are bound to ETH_P_IPV6, which the kernel delivers on the receive path
-only: the proxy never reads back what it sent.  All-multicast reception comes from a
-PACKET_MR_ALLMULTI membership, which the kernel drops when the socket closes, so the
-interface is restored on any exit, crash included.
+only: the proxy never reads back what it sent.  Every filter first refuses frames the
+kernel marked PACKET_OTHERHOST: that is how a frame of a VLAN the host has no
+sub-interface for arrives (the kernel takes the 802.1Q/802.1ad tag off, finds no VLAN
+device, marks the frame and still delivers it), so without this a tagged RA on a trunk
+would reach the untagged guests.  Frames for other MACs are marked so too, and were
+never the proxy's.  (A priority tag, VLAN 0, is untagged to the kernel and to us.)
+All-multicast reception comes from a PACKET_MR_ALLMULTI membership, which the kernel
+drops when the socket closes, so the interface is restored on any exit, crash included.
 
 PACKET_VNET_HDR puts a virtio_net_hdr before each frame: senders such as veth and tap
 hand over TCP/UDP with the checksum left partial and GRO/GSO super-frames larger than the
@@ -49,10 +54,20 @@ def _bpf(program: list[tuple[int, int, int, int]]) -> bytes:
 
 
 # Classic BPF opcodes used below.
-_LDH_ABS, _LDB_ABS, _JEQ, _JGE, _JGT, _RET = 0x28, 0x30, 0x15, 0x35, 0x25, 0x06
+_LDW_ABS, _LDH_ABS, _LDB_ABS = 0x20, 0x28, 0x30
+_JEQ, _JGE, _JGT, _RET = 0x15, 0x35, 0x25, 0x06
 _ACCEPT = 0xFFFFFFFF  # snap length: whole frames, BIG TCP super-frames included
+_SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE
+PACKET_OTHERHOST = 3
 
-ND_FILTER = _bpf(
+
+def _untagged(program: list[tuple[int, int, int, int]]) -> bytes:
+    """`program`, for frames of this link's own untagged traffic (see above)."""
+    guard = [(_LDW_ABS, 0, 0, _SKF_AD_PKTTYPE), (_JEQ, 0, 1, PACKET_OTHERHOST), (_RET, 0, 0, 0)]
+    return _bpf(guard + program)
+
+
+ND_FILTER = _untagged(
     [
         (_LDH_ABS, 0, 0, 12),
         (_JEQ, 0, 6, ETH_P_IPV6),
@@ -66,7 +81,7 @@ ND_FILTER = _bpf(
     ]
 )
 # ND as above, less the multicast NS the answer socket takes (ANSWER_FILTER below).
-ND_UNANSWERED_FILTER = _bpf(
+ND_UNANSWERED_FILTER = _untagged(
     [
         (_LDH_ABS, 0, 0, 12),
         (_JEQ, 0, 10, ETH_P_IPV6),
@@ -83,7 +98,7 @@ ND_UNANSWERED_FILTER = _bpf(
         (_RET, 0, 0, 0),
     ]
 )
-DATA_FILTER = _bpf(
+DATA_FILTER = _untagged(
     [
         (_LDH_ABS, 0, 0, 12),
         (_JEQ, 0, 7, ETH_P_IPV6),
@@ -101,7 +116,7 @@ DATA_FILTER = _bpf(
 
 # A multicast NS right after the IPv6 header: what the answer thread reads
 # (portier.answers.answers_early says the same of a frame).
-ANSWER_FILTER = _bpf(
+ANSWER_FILTER = _untagged(
     [
         (_LDH_ABS, 0, 0, 12),
         (_JEQ, 0, 7, ETH_P_IPV6),

@@ -10,12 +10,14 @@ from supervisor_parts import committer_for, lan_config
 
 from portier import schema
 from portier.supervisor.channel import WorkerChannel
+from portier.supervisor.claims import ClaimDesk
 from portier.supervisor.reports import WorkerReports
 from portier.supervisor.state import ProxyState
 from portier.supervisor.stats import SupervisorStats
 from portier.supervisor.workerpool import WorkerHandle, WorkerPool, WorkerState
 
 MAC = b"\x02\x00\x00\x00\x01\x01"
+MAC2 = b"\x02\x00\x00\x00\x01\x02"
 
 
 def hello(interface: str, pid: int) -> dict:
@@ -57,6 +59,7 @@ class Rig:
             self.channel,
             self.committer,
             self.stats,
+            ClaimDesk(self.channel, self.committer, self.stats),
             on_connected=self._connected,
         )
         self.dealers: dict[str, zmq.asyncio.Socket] = {}
@@ -185,3 +188,78 @@ def test_learned_neighbors_are_relayed_to_the_others_and_marked_for_saving(rig):
     assert deltas[-1]["changes"][0]["neighbor"]["address"] == bytes(range(16))
     assert rig.committer.neighbors_dirty and rig.committer.fastpath_dirty
     assert rig.stats.learned["lan"] == 1
+
+
+def _neighbor(interface: str, mac: bytes, seen: float) -> dict:
+    return {
+        "group": "lan",
+        "address": bytes(range(16)),
+        "interface": interface,
+        "mac": mac,
+        "is_router": False,
+        "first_seen": seen,
+        "last_seen": seen,
+        "reachable_until": 0.0,
+    }
+
+
+async def _next(rig: Rig, sock, wanted) -> dict:
+    while True:
+        message = await rig.receive(sock)
+        if wanted(message):
+            return message
+
+
+def _checking(message: dict) -> bool:
+    return any(
+        c["op"] == "neighbor" and c["neighbor"].get("check_until")
+        for c in message.get("changes", [])
+    )
+
+
+@pytest.mark.parametrize("owner", ["answers", "is silent"])
+def test_a_claim_for_an_owned_address_is_checked_with_the_owners_worker(rig, owner):
+    """vm2 claims vm1's address: every replica shows the check, vm1's worker is asked to
+    probe; vm1 reporting its owner refuses the claim, silence moves the address."""
+    now = [100.0]
+    rig.reports.clock = lambda: now[0]
+
+    async def scenario() -> None:
+        loop = asyncio.create_task(rig.channel.receive(rig.reports.handle))
+        sockets = {name: rig.worker(name) for name in ("vm1", "vm2")}
+        for name, sock in sockets.items():
+            await sock.send(schema.encode(hello(name, 1)))
+            await _next(rig, sock, lambda m: m["kind"] == "snapshot")
+        await sockets["vm1"].send(
+            schema.encode({"kind": "learned", "neighbors": [_neighbor("vm1", MAC, 99.0)]})
+        )
+        await _next(rig, sockets["vm2"], lambda m: m.get("changes"))
+        claim = {"kind": "claim", "group": "lan", "address": bytes(range(16)), "mac": MAC2}
+        await sockets["vm2"].send(schema.encode(claim))
+        await _next(rig, sockets["vm2"], _checking)  # the claimant's replica too
+        await _next(rig, sockets["vm1"], _checking)
+        probe = await _next(rig, sockets["vm1"], lambda m: m["kind"] == "command")
+        assert probe["command"] == "probe"
+        assert probe["args"] == {"group": "lan", "address": bytes(range(16))}
+        if owner == "answers":
+            answer = _neighbor("vm1", MAC, 100.3)
+            await sockets["vm1"].send(schema.encode({"kind": "learned", "neighbors": [answer]}))
+            await _next(rig, sockets["vm2"], lambda m: m.get("changes") and not _checking(m))
+        else:
+            now[0] = 101.0
+            changes, settled = rig.state.settle_due(now[0])
+            await rig.claims.carry_out(changes, settled, [])
+        loop.cancel()
+
+    rig.claims = ClaimDesk(rig.channel, rig.committer, rig.stats)
+    rig.reports.claims = rig.claims
+    asyncio.run(scenario())
+    entry = rig.state.neighbors.get("lan", bytes(range(16)))
+    assert entry is not None and not entry.check_until
+    if owner == "answers":
+        assert (entry.interface, entry.mac) == ("vm1", MAC)
+        assert rig.stats.claims == {("vm2", "refused"): 1}
+    else:
+        assert (entry.interface, entry.mac) == ("vm2", MAC2)
+        assert rig.stats.claims == {("vm2", "moved"): 1}
+    assert rig.stats.probes == {"vm1": 1}

@@ -225,3 +225,21 @@ def test_access_check_reports_a_vanished_folder(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_authorized_keys(tmp_path / "gone")
     assert err.value.where == "control.curve_authorized_keys"
+
+
+def test_ownership_settings_have_protective_defaults_and_are_checked():
+    config = parse_config("", "/etc/portier/portier.toml")
+    assert (config.per_member_limit, config.claim_probe_ms) == (256, 1000)
+    assert config.last_writer_wins == frozenset()
+    text = '[neighbors]\nper_member_limit = 8\nclaim_probe_ms = 250\nlast_writer_wins = ["lab"]'
+    config = parse_config(text, "/etc/portier/portier.toml")
+    assert (config.per_member_limit, config.claim_probe_ms) == (8, 250)
+    assert config.last_writer_wins == frozenset({"lab"})
+    for bad, where in [
+        ("per_member_limit = 0", "neighbors.per_member_limit"),
+        ("claim_probe_ms = 0", "neighbors.claim_probe_ms"),
+        ("last_writer_wins = [1]", "neighbors.last_writer_wins[0]"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(f"[neighbors]\n{bad}", "/etc/portier/portier.toml")
+        assert err.value.where == where

@@ -102,3 +102,31 @@ def test_loop_health_and_saving_are_exported(tmp_path):
     assert ("portier_state_saved_timestamp_seconds", ()) in samples
     assert ("portier_fastpath_failures_total", ()) in samples
     assert samples[("portier_fastpath_enabled", ())] == 1
+
+
+def test_claims_by_outcome_and_owned_addresses_per_member(tmp_path):
+    pool = WorkerPool("ipc:///x", worker_args=[], on_state=lambda h: None)
+    pool.handles["vm2"] = WorkerHandle("vm2", drops={"vm2|source_invalid": 5, "vm2|over_quota": 2})
+    parts = sources(tmp_path, pool)
+    parts.stats.claims[("vm2", "refused")] += 3
+    parts.stats.claims[("vm2", "over_quota")] += 1
+    for n in range(3):
+        parts.state.neighbors.learn("lan", bytes(15) + bytes([n]), "vm1", b"\x02" * 6, 1.0)
+    samples = scrape(parts)
+    claims = {
+        (labels["interface"], labels["outcome"]): value
+        for name, labels, value in samples
+        if name == "portier_claims_total"
+    }
+    assert claims == {
+        ("vm2", "refused"): 3,
+        ("vm2", "moved"): 0,
+        ("vm2", "over_quota"): 3,
+        ("vm2", "source_invalid"): 5,
+    }
+    owned = {
+        (labels["interface"], labels["group"]): value
+        for name, labels, value in samples
+        if name == "portier_owned_addresses"
+    }
+    assert owned == {("vm1", "lan"): 3}

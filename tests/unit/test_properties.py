@@ -44,6 +44,7 @@ from portier.answers import EarlyAnswers, build_answer_table
 from portier.checksum import ones_complement_sum, upper_layer_checksum, verify_upper_layer
 from portier.drops import DropReason, FrameError
 from portier.engine import (
+    Claimed,
     Dropped,
     Engine,
     Expired,
@@ -74,6 +75,7 @@ from portier.ndmsg import (
     parse_options,
     with_checksum,
 )
+from portier.ownership import ClaimOutcome, OwnerChecks, Probe
 from portier.rewrite import rewrite_nd
 from portier.validation import solicitation_asker_mac, validate_nd
 
@@ -727,7 +729,15 @@ def check_action(
     asked: bytes | None,
 ) -> None:
     assert isinstance(
-        action, Dropped | Transmit | Learned | Expired | LoopDetected | LoopCleared | PrefixLearned
+        action,
+        Dropped
+        | Transmit
+        | Learned
+        | Claimed
+        | Expired
+        | LoopDetected
+        | LoopCleared
+        | PrefixLearned,
     ), action
     event(type(action).__name__)  # --hypothesis-show-statistics: what the inputs reach
     if isinstance(action, Dropped):
@@ -779,3 +789,91 @@ def test_handle_frames_framing_checks_are_parse_packets(frame):
     actions = _busy_engine().handle_frame("up0", frame, 2.0)
     reasons = {a.reason for a in actions if isinstance(a, Dropped)} & FRAME_REASONS
     assert reasons == ({expected} if expected is not None else set())
+
+
+# --- g) ownership: no entry changes owner without a failed owner check ------------------
+
+OWNED = [GUEST1, GUEST2, ROUTER]
+
+
+@st.composite
+def claims_of_owned(draw: st.DrawFn) -> bytes:
+    """An NA, DAD probe or data packet naming an address the busy engine has an owner for."""
+    target = draw(st.sampled_from(OWNED))
+    mac = draw(st.sampled_from([GUEST1_MAC, GUEST2_MAC, ROUTER_MAC]))
+    kind = draw(st.sampled_from(["na", "dad", "data"]))
+    if kind == "data":
+        return ipv6_frame(b"x" * 8, src=target, dst=REMOTE, next_header=17, mac_pair=(VM1_MAC, mac))
+    if kind == "dad":
+        src, dst = bytes(16), solicited_node(target)
+        message: Any = NeighborSolicitation(target)
+    else:
+        src, dst = target, ALL_NODES
+        message = NeighborAdvertisement(target, 0x20)
+    icmp = encode_nd(message, src, dst)
+    return ipv6_frame(icmp, src=src, dst=dst, next_header=58, mac_pair=(multicast_mac(dst), mac))
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(INGRESSES),
+            any_frames | claims_of_owned(),
+            st.sampled_from(["as drawn", "to the ingress", "to its multicast"]),
+            st.sampled_from(["answers", "is silent"]),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_no_owner_changes_without_a_failed_owner_check(received):
+    """Arbitrary frames from arbitrary members, with the supervisor's OwnerChecks in the
+    loop as the worker reports feed it: an entry's owner changes only when its check ran
+    out with the owner silent; nothing raises."""
+    engine = _busy_engine()
+    topology = engine.topology
+    checks = OwnerChecks(topology, engine.neighbors, probe_s=1.0)
+    now = 2.0
+    for ingress, frame, addressed, owner in received:
+        now += 0.4
+        if len(frame) >= 54 and addressed != "as drawn":
+            iface = topology.interfaces.get(ingress)
+            if addressed == "to the ingress" and iface is not None:
+                frame = iface.mac + frame[6:]
+            elif addressed == "to its multicast":
+                frame = multicast_mac(frame[38:54]) + frame[6:]
+        owners = {(e.group, e.address): (e.interface, e.mac) for e in engine.neighbors}
+        actions = engine.handle_frame(ingress, frame, now)
+        for action in actions:
+            if isinstance(action, Claimed):
+                probe = checks.claim(
+                    action.group, action.address, action.interface, action.mac, now
+                )
+                event(f"claim: {type(probe).__name__}")
+                if isinstance(probe, Probe):
+                    assert engine.probe(probe.group, probe.address), "a probe goes out"
+            elif isinstance(action, Learned):
+                entry = engine.neighbors.get(action.neighbor.group, action.neighbor.address)
+                if entry is not None and entry.owned_by(
+                    action.neighbor.interface, action.neighbor.mac
+                ):
+                    checks.owner_seen(entry)
+        for entry in engine.neighbors:
+            before = owners.get((entry.group, entry.address))
+            assert before is None or before == (entry.interface, entry.mac), entry
+        if owner == "answers":  # the owner of every entry being checked answers it
+            for entry in engine.neighbors:
+                settled = checks.owner_seen(entry)
+                assert settled is None or settled.outcome is ClaimOutcome.REFUSED
+        owners = {(e.group, e.address): (e.interface, e.mac, e.claimant) for e in engine.neighbors}
+        due = checks.due(now + 1.0)
+        for settled in due:
+            event(f"settled: {settled.outcome.value}")
+        moved = {(s.neighbor.group, s.neighbor.address) for s in due}
+        for entry in engine.neighbors:
+            key = (entry.group, entry.address)
+            interface, mac, claimant = owners.get(key, (entry.interface, entry.mac, ""))
+            if (interface, mac) != (entry.interface, entry.mac):
+                assert key in moved and entry.interface == claimant, entry
+        now += 1.0

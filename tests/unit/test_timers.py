@@ -7,6 +7,7 @@ from supervisor_parts import Broadcasts, RecordingFastPath, ScriptedSaver, commi
 
 from portier.neighbors import Neighbor
 from portier.status import OK, Code, Status
+from portier.supervisor.claims import ClaimDesk
 from portier.supervisor.commit import with_save_outcome
 from portier.supervisor.health import Readiness
 from portier.supervisor.loops import LoopSupervisor
@@ -71,6 +72,7 @@ class Rig:
             self.readiness,
             self.loops,
             SupervisorStats(),
+            ClaimDesk(self.channel, self.committer, SupervisorStats()),  # type: ignore[arg-type]
             clock=self.clock,
         )
 
