@@ -73,7 +73,7 @@ def running(make_lab):
 
 
 def test_workers_are_forked_from_a_single_threaded_zygote(running):
-    lab, daemon = running
+    _lab, daemon = running
     assert daemon.process is not None
     z = zygote(daemon)
     assert z["state"] == "ready" and z["spawned"] == 3

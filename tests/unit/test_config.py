@@ -230,5 +230,5 @@ def test_access_check_reports_a_vanished_folder(tmp_path):
 def test_worker_zygote_is_on_unless_turned_off():
     assert parse_config("").worker_zygote
     assert not parse_config("[daemon]\nworker_zygote = false\n").worker_zygote
-    with pytest.raises(ConfigError, match="daemon.worker_zygote"):
+    with pytest.raises(ConfigError, match=r"daemon\.worker_zygote"):
         parse_config('[daemon]\nworker_zygote = "yes"\n')
