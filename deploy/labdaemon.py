@@ -22,12 +22,15 @@ class GroupSpec:
     members: list[str] = field(default_factory=list)
 
 
-def render_config(workdir: Path, groups: list[GroupSpec], extra: str = "") -> str:
+def render_config(
+    workdir: Path, groups: list[GroupSpec], extra: str = "", *, worker_zygote: bool = True
+) -> str:
     lines = [
         extra,
         "[daemon]",
         f'runtime_dir = "{workdir}/run"',
         f'state_dir = "{workdir}/state"',
+        f"worker_zygote = {str(worker_zygote).lower()}",
         "",
     ]
     for group in groups:
@@ -60,6 +63,7 @@ class Daemon:
         *,
         namespace: str | None = None,
         workdir: Path | None = None,
+        worker_zygote: bool = True,
     ) -> None:
         """portierd in the lab's proxy host (or `namespace`), its files under `workdir`."""
         self.lab = lab
@@ -67,7 +71,11 @@ class Daemon:
         self.workdir = workdir or lab.workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = self.workdir / "portier.toml"
-        self.config.write_text(render_config(self.workdir, groups or lab_groups(lab), extra))
+        self.config.write_text(
+            render_config(
+                self.workdir, groups or lab_groups(lab), extra, worker_zygote=worker_zygote
+            )
+        )
         self.runtime_dir = self.workdir / "run"
         self.log_path = self.workdir / "portierd.log"
         self.process: subprocess.Popen | None = None

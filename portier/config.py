@@ -48,6 +48,7 @@ class Config:
     runtime_dir: Path = Path("/run/portier")
     state_dir: Path = Path("/var/lib/portier")
     control_group: str = "portier"
+    worker_zygote: bool = True  # fork workers from a pre-imported zygote (else exec each)
     metrics_listen: str = "127.0.0.1:9470"
     neighbor_capacity: int = 16384
     neighbor_lifetime_seconds: float = 600.0
@@ -85,7 +86,7 @@ _TOP = {
     "group",
 }
 _CONTROL = {"socket", "tcp", "curve_secret_key", "curve_authorized_keys"}
-_DAEMON = {"runtime_dir", "state_dir", "control_group"}
+_DAEMON = {"runtime_dir", "state_dir", "control_group", "worker_zygote"}
 _METRICS = {"listen"}
 _NEIGHBORS = {
     "capacity",
@@ -159,6 +160,7 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
     runtime_dir = _typed(daemon, "runtime_dir", str, "daemon.runtime_dir", path, "/run/portier")
     state_dir = _typed(daemon, "state_dir", str, "daemon.state_dir", path, "/var/lib/portier")
     control_group = _typed(daemon, "control_group", str, "daemon.control_group", path, "portier")
+    worker_zygote = _typed(daemon, "worker_zygote", bool, "daemon.worker_zygote", path, True)
     listen = _typed(metrics, "listen", str, "metrics.listen", path, "127.0.0.1:9470")
     _check_listen(listen, path)
     capacity = _typed(neighbors, "capacity", int, "neighbors.capacity", path, 16384)
@@ -243,6 +245,7 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
         runtime_dir=Path(runtime_dir),
         state_dir=Path(state_dir),
         control_group=control_group,
+        worker_zygote=worker_zygote,
         metrics_listen=listen,
         neighbor_capacity=capacity,
         neighbor_lifetime_seconds=float(lifetime),

@@ -1,9 +1,9 @@
 """portierd: the supervisor's wiring and its command line.
 
 This module builds the parts and connects them, and owns nothing else: the worker
-channel (`channel`, `reports`), the worker pool, the authoritative state, the committer
-that replicates, programs, saves and announces every change, the timers, configuration
-application (restore and reload), readiness, the sockets (`endpoints`), the control
+channel (`channel`, `reports`), the worker pool and its zygote, the authoritative state,
+the committer that replicates, programs, saves and announces every change, the timers,
+configuration application (restore and reload), readiness, the sockets (`endpoints`), the control
 servers, metrics and the event stream.  Every long-running task runs under the loop
 supervisor (`loops`): a loop that fails is restarted with backoff, and one that cannot
 be is the daemon's exit with a non-zero status, so that systemd starts it afresh.
@@ -50,6 +50,7 @@ from portier.supervisor.stats import SupervisorStats
 from portier.supervisor.timers import BEAT_WITHIN_S, Timers
 from portier.supervisor.views import status_view, summary_view
 from portier.supervisor.workerpool import WorkerHandle, WorkerPool
+from portier.supervisor.zygote import ZygoteSpawner
 
 log = logging.getLogger("portier.supervisor")
 
@@ -70,6 +71,7 @@ class Supervisor:
         self.endpoints = Endpoints(self.context, config)
         self.state = ProxyState(config)
         self.loops = LoopSupervisor(on_fatal=self._fatal)
+        self.zygote = ZygoteSpawner(log_level=log_level) if config.worker_zygote else None
         self.pool = WorkerPool(
             f"ipc://{self.runtime_dir / WORKERS_SOCKET}",
             worker_args=[
@@ -83,6 +85,7 @@ class Supervisor:
                 log_level,
             ],
             on_state=self._on_worker_state,
+            zygote=self.zygote,
         )
         self.channel = WorkerChannel(self.context.socket(zmq.ROUTER), self.state, self.pool)
         self.fastpath = FastPath(enabled=config.fastpath_enabled)
@@ -175,6 +178,8 @@ class Supervisor:
             await self.metrics.start(self.config.metrics_listen)
         except OSError as exc:
             log.error("metrics endpoint %s unavailable: %s", self.config.metrics_listen, exc)
+        if self.zygote is not None:
+            await self.zygote.start()  # a zygote that fails leaves workers to exec
         for name in self.state.topology.interfaces:
             await self.pool.start(name)
         await self.committer.save()
@@ -198,6 +203,8 @@ class Supervisor:
         self.loops.start("worker_channel", lambda: self.channel.receive(self.reports.handle))
         self.loops.start("timers", self.timers.run, beat_within_s=BEAT_WITHIN_S)
         self.loops.start("zap", self.endpoints.zap.serve)
+        if self.zygote is not None:
+            self.loops.start("zygote", self.zygote.supervise)
         for name, server in zip(("control", "control_tcp"), self.control_servers, strict=False):
             self.loops.start(name, server.serve)
 
@@ -209,6 +216,8 @@ class Supervisor:
         self.readiness.notifier.stopping()
         await self.channel.stop_workers()
         await self.pool.stop_all(timeout_s=3.0)
+        if self.zygote is not None:
+            await self.zygote.stop()
         await self.committer.save()
         self.saver.close()
         await self.fastpath.remove()

@@ -1,4 +1,5 @@
-"""Worker lifecycle: spawn by exec, watch, restart with backoff, give up when flapping.
+"""Worker lifecycle: spawn (forked by the zygote, or by exec), watch, restart with backoff,
+give up when flapping.
 
 One-for-one supervision: each bound interface has one worker process.  A worker that
 exits, or misses heartbeats, is restarted after an exponential backoff (0.1 s doubling
@@ -8,6 +9,9 @@ left alone until an operator acts, never restarted in a tight loop.  Signals go 
 process the pool spawned, never to a pid a worker reports.  When the supervisor itself
 was not running for a while (stopped, starved), silence from the workers says nothing
 about them: the heartbeat deadlines start afresh instead of every worker being killed.
+A worker is asked of the zygote first (supervisor/zygote.py); when it is down or does not
+answer, the worker is started by exec.  Either way it is watched and signalled through
+the handle the spawn returned (an asyncio Process, or a pidfd the zygote client holds).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("portier.supervisor")
 
@@ -32,6 +36,28 @@ STABLE_AFTER_S = 60.0
 HEARTBEAT_TIMEOUT_S = 5.0
 # Heartbeat checks come every tick (0.5 s); a gap this long means the supervisor stalled.
 STALL_S = 2.5
+
+
+class WorkerProcess(Protocol):
+    """What the pool needs of a spawned worker: asyncio's Process, or a ForkedWorker."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+
+class Spawner(Protocol):
+    """The zygote: a forked worker for these arguments, or None to start it by exec."""
+
+    async def spawn(self, argv: list[str]) -> WorkerProcess | None: ...
+
+    def view(self) -> dict[str, Any]: ...
 
 
 class WorkerState(StrEnum):
@@ -46,8 +72,9 @@ class WorkerState(StrEnum):
 class WorkerHandle:
     interface: str
     state: WorkerState = WorkerState.STOPPED
-    process: asyncio.subprocess.Process | None = None
+    process: WorkerProcess | None = None
     pid: int = 0  # of the process the pool spawned
+    spawned_by: str = ""  # "zygote" (forked) or "exec"
     reported_pid: int = 0  # what the worker says in its hello (shown, never signalled)
     restarts: int = 0
     started_at: float = 0.0
@@ -77,8 +104,10 @@ class WorkerPool:
         intensity: int = 5,
         period_s: float = 60.0,
         command: list[str] | None = None,
+        zygote: Spawner | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.zygote = zygote
         self.command = command or [sys.executable, "-m", "portier.workers"]
         self.endpoint = endpoint
         self.worker_args = worker_args
@@ -102,32 +131,32 @@ class WorkerPool:
             handle = self.handles[interface] = WorkerHandle(interface)
         if handle.process is not None and handle.process.returncode is None:
             return handle
-        argv = [
-            *self.command,
-            "--interface",
-            interface,
-            "--endpoint",
-            self.endpoint,
-            *self.worker_args,
-        ]
+        args = ["--interface", interface, "--endpoint", self.endpoint, *self.worker_args]
         handle.started_at = self.clock()  # a failed exec counts as a short run
-        try:
-            process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
-        except OSError as exc:
-            log.error("cannot start worker for %s: %s", interface, exc)
-            self._schedule_restart(handle)
-            return handle
+        process: WorkerProcess | None = None
+        if self.zygote is not None:
+            process = await self.zygote.spawn(args)
+        handle.spawned_by = "zygote" if process is not None else "exec"
+        if process is None:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *self.command, *args, stdin=asyncio.subprocess.DEVNULL
+                )
+            except OSError as exc:
+                log.error("cannot start worker for %s: %s", interface, exc)
+                self._schedule_restart(handle)
+                return handle
         handle.process = process
         handle.pid = process.pid
         handle.seq = -1
         handle.started_at = handle.last_heartbeat = self.clock()
         self._set(handle, WorkerState.STARTING)
-        log.info("worker %s started, pid %d", interface, process.pid)
+        log.info("worker %s started (%s), pid %d", interface, handle.spawned_by, process.pid)
         handle.watch_task = asyncio.create_task(self._watch(handle, process))
         handle.watch_task.add_done_callback(_log_failure)
         return handle
 
-    async def _watch(self, handle: WorkerHandle, process: asyncio.subprocess.Process) -> None:
+    async def _watch(self, handle: WorkerHandle, process: WorkerProcess) -> None:
         code = await process.wait()
         if handle.process is not process:
             return

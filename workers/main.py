@@ -8,8 +8,10 @@ cannot apply makes it ask for a snapshot, and it neither forwards nor answers un
 then), reports what it learns in batches, and heartbeats with its counters.  A silent
 supervisor (stopped, or stalled) does not stop it: it forwards on with its replica and
 asks for a snapshot once the supervisor speaks again; it dies with the supervisor's
-process (PDEATHSIG).  The answer thread reads only the frozen answer table this loop
-publishes (portier.answers), never the replica itself.  It never logs per packet.
+process: by PDEATHSIG when the supervisor started it, or, when forked from the zygote
+(workers/zygote.py), when the supervisor's pidfd it inherited becomes readable.  The
+answer thread reads only the frozen answer table this loop publishes (portier.answers),
+never the replica itself.  It never logs per packet.
 """
 
 from __future__ import annotations
@@ -97,8 +99,10 @@ class Worker:
         lifetime_s: float,
         per_member_limit: int = 256,
         silence_s: float = SUPERVISOR_SILENCE_S,
+        supervisor_pidfd: int | None = None,
     ) -> None:
         self.interface = interface
+        self.supervisor_pidfd = supervisor_pidfd
         self.context: zmq.Context = zmq.Context.instance()
         self.channel = self.context.socket(zmq.DEALER)
         self.channel.setsockopt(zmq.IDENTITY, interface.encode())
@@ -477,6 +481,8 @@ class Worker:
         poller.register(self.channel, zmq.POLLIN)
         poller.register(self.link.fileno(), zmq.POLLIN)
         poller.register(self.answered, zmq.POLLIN)
+        if self.supervisor_pidfd is not None:
+            poller.register(self.supervisor_pidfd, zmq.POLLIN)
         self.answerer.start()
         self.open_receivers()
         registered: list[int] = []  # pyzmq reports plain sockets by file descriptor
@@ -501,6 +507,9 @@ class Worker:
                 deadline = min(deadline, self.link.retry_at)
             timeout_ms = max(0.0, (deadline - now) * 1000)
             ready = dict(poller.poll(math.ceil(timeout_ms)))
+            if self.supervisor_pidfd is not None and self.supervisor_pidfd in ready:
+                log.warning("the supervisor is gone; stopping")
+                break
             if self.channel in ready:
                 while True:
                     try:
@@ -581,9 +590,15 @@ def main(argv: list[str] | None = None) -> int:
         default=SUPERVISOR_SILENCE_S,
         help="seconds without word after which the supervisor counts as silent",
     )
+    parser.add_argument(
+        "--supervisor-pidfd",
+        type=int,
+        help="a pidfd of the supervisor to watch instead of PDEATHSIG (set by the zygote)",
+    )
     args = parser.parse_args(argv)
     logs.configure(f"portier-worker[{args.interface}]", args.log_level)
-    _die_with_parent()
+    if args.supervisor_pidfd is None:
+        _die_with_parent()
     worker = Worker(
         args.interface,
         args.endpoint,
@@ -591,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         lifetime_s=args.neighbor_lifetime,
         per_member_limit=args.per_member_limit,
         silence_s=args.supervisor_silence,
+        supervisor_pidfd=args.supervisor_pidfd,
     )
 
     def stop(signum: int, _frame: object) -> None:

@@ -243,3 +243,10 @@ def test_ownership_settings_have_protective_defaults_and_are_checked():
         with pytest.raises(ConfigError) as err:
             parse_config(f"[neighbors]\n{bad}", "/etc/portier/portier.toml")
         assert err.value.where == where
+
+
+def test_worker_zygote_is_on_unless_turned_off():
+    assert parse_config("").worker_zygote
+    assert not parse_config("[daemon]\nworker_zygote = false\n").worker_zygote
+    with pytest.raises(ConfigError, match=r"daemon\.worker_zygote"):
+        parse_config('[daemon]\nworker_zygote = "yes"\n')
