@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq.utils.z85
 
-from portier.groups import check_group_name, check_interface_name
+from portier.groups import check_group_name, check_interface_name, check_member_pattern, is_pattern
 
 DEFAULT_PATH = Path("/etc/portier/portier.toml")
 
@@ -34,11 +34,17 @@ class ConfigError(ValueError):
 class GroupConfig:
     name: str
     upstream: str | None = None
-    members: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()  # names and patterns, as written
 
     @property
     def interfaces(self) -> tuple[str, ...]:
-        return ((self.upstream,) if self.upstream else ()) + self.members
+        """The interfaces named exactly (patterns bind what appears, at run time)."""
+        named = tuple(m for m in self.members if not is_pattern(m))
+        return ((self.upstream,) if self.upstream else ()) + named
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        return tuple(m for m in self.members if is_pattern(m))
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,19 +229,27 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
             raise ConfigError(path, f"{where}.name", f"group {name} is defined twice")
         seen_groups.add(name)
         upstream = _typed(raw, "upstream", str, f"{where}.upstream", path, None)
+        if upstream is not None and is_pattern(upstream):
+            raise ConfigError(
+                path, f"{where}.upstream", f"must be an exact interface name, not {upstream!r}"
+            )
         members = _typed(raw, "members", list, f"{where}.members", path, [])
         names = ([(f"{where}.upstream", upstream)] if upstream is not None else []) + [
             (f"{where}.members[{i}]", m) for i, m in enumerate(members)
         ]
         for field_name, interface in names:
-            status = check_interface_name(interface)
+            if isinstance(interface, str) and is_pattern(interface):
+                status = check_member_pattern(interface)
+            else:
+                status = check_interface_name(interface)
             if not status:
                 raise ConfigError(path, field_name, status.message)
             if interface in owner:
+                what = "pattern" if is_pattern(interface) else "interface"
                 raise ConfigError(
                     path,
                     field_name,
-                    f"interface {interface} is already in group {owner[interface]}",
+                    f"{what} {interface} is already in group {owner[interface]}",
                 )
             owner[interface] = name
         groups.append(GroupConfig(name, upstream, tuple(members)))

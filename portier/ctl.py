@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = commands.add_parser("group", help="create or release a group")
     group.add_argument("action", choices=["create", "release"])
     group.add_argument("group")
-    add = commands.add_parser("add", help="add an interface to a group")
-    add.add_argument("interface")
+    add = commands.add_parser("add", help="add an interface or a name pattern to a group")
+    add.add_argument("interface", metavar="IF|PATTERN")
     add.add_argument("group")
     add.add_argument("--upstream", action="store_true")
     upstream = commands.add_parser("upstream", help="set IF or unset GROUP as upstream")
@@ -211,6 +211,7 @@ def render(command: str, result: Any) -> str:
                 ("name", "GROUP"),
                 ("upstream", "UPSTREAM"),
                 ("members", "MEMBERS"),
+                ("patterns", "PATTERNS"),
                 ("onlink_prefixes", "ON-LINK"),
             ],
         )
@@ -221,6 +222,7 @@ def render(command: str, result: Any) -> str:
                 ("name", "INTERFACE"),
                 ("group", "GROUP"),
                 ("role", "ROLE"),
+                ("bound_by", "BOUND BY"),
                 ("forwarding", "FORWARDING"),
                 ("disable_reasons", "DISABLED BY"),
                 ("loop_disabled_for_s", "LOOP S"),

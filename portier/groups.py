@@ -11,6 +11,7 @@ loop-disable, so a member can never stay disabled for ever.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,6 +49,25 @@ def check_interface_name(name: object) -> Status:
     return OK
 
 
+PATTERN_CHARACTERS = frozenset("*?[")
+
+
+def is_pattern(name: str) -> bool:
+    """A member entry with shell wildcards (fnmatch) names interfaces yet to appear."""
+    return any(ch in PATTERN_CHARACTERS for ch in name)
+
+
+def check_member_pattern(pattern: object) -> Status:
+    """A pattern obeys the name rules except for its wildcards (it can never be one)."""
+    if not isinstance(pattern, str) or not is_pattern(pattern):
+        return Status(Code.INVALID_ARGUMENT, f"{pattern!r} is not a pattern (no *, ? or [)")
+    if len(pattern.encode()) > 64:
+        return Status(Code.INVALID_ARGUMENT, f"Pattern {pattern!r} is longer than 64 bytes")
+    if any(ch in pattern for ch in "/:") or not pattern.isprintable() or " " in pattern:
+        return Status(Code.INVALID_ARGUMENT, f"Pattern {pattern!r} has invalid characters")
+    return OK
+
+
 def check_group_name(name: object) -> Status:
     if not isinstance(name, str) or not _GROUP_NAME.fullmatch(name):
         return Status(
@@ -76,6 +96,8 @@ class Interface:
     loop_disabled_until: float | None = None
     # Cached `not disable_reasons`, read once per frame on the packet path.
     enabled: bool = False
+    # The member pattern that bound it (it goes when its link goes), None if named.
+    bound_by: str | None = None
 
     def _sync(self) -> None:
         self.enabled = not self.disable_reasons
@@ -90,6 +112,8 @@ class Group:
     onlink_prefixes: dict[tuple[bytes, int], float] = field(default_factory=dict)
     # Address ownership (ownership.py); off makes the group last-writer-wins.
     ownership: bool = True
+    # Member patterns: interfaces whose names match are bound while they exist.
+    patterns: list[str] = field(default_factory=list)
 
 
 class Topology:
@@ -239,6 +263,44 @@ class Topology:
             return Status(Code.DOES_NOT_EXIST, f"Group {group_name} does not exist")
         group.upstream = None
         return OK
+
+    # --- member patterns ---------------------------------------------------------
+
+    def add_pattern(self, pattern: str, group_name: str) -> Status:
+        status = check_member_pattern(pattern)
+        if not status:
+            return status
+        group = self.groups.get(group_name)
+        if group is None:
+            return Status(Code.DOES_NOT_EXIST, f"Group {group_name} does not exist")
+        owner = self.pattern_owner(pattern)
+        if owner is not None:
+            return Status(Code.ALREADY_EXISTS, f"Pattern {pattern} is already in group {owner}")
+        group.patterns.append(pattern)
+        return OK
+
+    def remove_pattern(self, pattern: str) -> Status:
+        """Forget a pattern; the interfaces it bound are the caller's to release."""
+        owner = self.pattern_owner(pattern)
+        if owner is None:
+            return Status(Code.DOES_NOT_EXIST, f"Pattern {pattern} is in no group")
+        self.groups[owner].patterns.remove(pattern)
+        return OK
+
+    def pattern_owner(self, pattern: str) -> str | None:
+        for group in self.groups.values():
+            if pattern in group.patterns:
+                return group.name
+        return None
+
+    def matching_patterns(self, name: str) -> list[tuple[str, str]]:
+        """(group, pattern) of every pattern `name` matches, the winner (first group) first."""
+        return [
+            (group.name, pattern)
+            for group in self.groups.values()
+            for pattern in group.patterns
+            if fnmatch.fnmatchcase(name, pattern)
+        ]
 
     # --- disable reasons ---------------------------------------------------------
 

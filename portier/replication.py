@@ -58,6 +58,7 @@ def topology_to_wire(topology: Topology) -> dict[str, Any]:
                 "group": i.group,
                 "disable_reasons": sorted(r.value for r in i.disable_reasons),
                 "loop_disabled_until": i.loop_disabled_until,
+                "bound_by": i.bound_by,
             }
             for i in topology.interfaces.values()
         ],
@@ -70,6 +71,7 @@ def topology_to_wire(topology: Topology) -> dict[str, Any]:
                 "onlink_prefixes": [
                     [prefix, length, until] for (prefix, length), until in g.onlink_prefixes.items()
                 ],
+                "patterns": list(g.patterns),
             }
             for g in topology.groups.values()
         ],
@@ -110,6 +112,8 @@ def _interface_from_wire(item: dict[str, Any]) -> Interface:
         disable_reasons={DisableReason(r) for r in _typed(item["disable_reasons"], list, name)},
         loop_disabled_until=None if until is None else _time(until, f"{name} loop disable"),
     )
+    bound_by = item.get("bound_by")  # absent from an older peer or state file
+    interface.bound_by = None if bound_by is None else _typed(bound_by, str, f"{name} bound_by")
     interface.enabled = not interface.disable_reasons
     return interface
 
@@ -127,6 +131,7 @@ def _group_from_wire(item: dict[str, Any]) -> Group:
             raise _invalid(f"bad topology: {name} prefix length {length}")
         key = (_address_bytes(prefix, (16,), f"{name} prefix"), length)
         group.onlink_prefixes[key] = _time(until, f"{name} prefix lifetime")
+    group.patterns = [_typed(p, str, f"{name} pattern") for p in item.get("patterns", [])]
     return group
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,6 +103,9 @@ class ConfigApplier:
         self.pool: WorkerPool | None = None
         self.fastpath: FastPathSwitch | None = None
         self.background: Background | None = None
+        self.apply_guests: Callable[[], Awaitable[tuple[list[Change], dict[str, Any]]]] | None = (
+            None
+        )
 
     # --- at start ------------------------------------------------------------------------
 
@@ -165,6 +168,10 @@ class ConfigApplier:
             if self.background is not None and name not in self.state.topology.interfaces:
                 self.background(self.pool.stop(name), f"stopping the worker for {name}")
         summary = plan.summary()
+        if self.apply_guests is not None:
+            guest_changes, guests = await self.apply_guests()
+            result.changes.extend(guest_changes)
+            summary.update(guests)
         if fastpath_changed and self.fastpath is not None:
             await self.fastpath.set_enabled(
                 new.fastpath_enabled, self.state.topology, self.state.neighbors, self.clock()
@@ -219,6 +226,16 @@ class ConfigApplier:
             step(topology.release(name), f"Failed to release {name}")
         for group in plan.create_groups:
             step(topology.create_group(group), f"Failed to create group {group}")
+        for pattern in plan.remove_patterns:
+            step(topology.remove_pattern(pattern), f"Failed to remove pattern {pattern}")
+        for pattern, group in plan.add_patterns:
+            if topology.pattern_owner(pattern) not in (None, group):
+                step(topology.remove_pattern(pattern), f"Failed to move pattern {pattern}")
+            if topology.pattern_owner(pattern) is None:
+                step(
+                    topology.add_pattern(pattern, group),
+                    f"Failed to add pattern {pattern} to group {group}",
+                )
         for name in plan.bind_interfaces:
             step(topology.bind(name), f"Failed to bind {name}")
         for name, group, upstream in plan.memberships:
@@ -226,6 +243,7 @@ class ConfigApplier:
             if interface is None:
                 step(Status(Code.DOES_NOT_EXIST, f"{name} is not bound"), f"Failed to add {name}")
                 continue
+            interface.bound_by = None  # named now: an exact name beats a pattern
             if interface.group != group:
                 if interface.group is not None:
                     changes += self.state.forget_interface(name)

@@ -38,7 +38,9 @@ from portier.supervisor.control import ControlServer
 from portier.supervisor.endpoints import WORKERS_SOCKET, Endpoints
 from portier.supervisor.events import EventPublisher
 from portier.supervisor.fastpath import FastPath
+from portier.supervisor.guests import Guests
 from portier.supervisor.health import Readiness
+from portier.supervisor.links import LinkFollower
 from portier.supervisor.loops import LoopSupervisor
 from portier.supervisor.metrics import MetricSources, MetricsServer
 from portier.supervisor.operations import OperationParts
@@ -112,6 +114,9 @@ class Supervisor:
         self.applier.fastpath = self.fastpath
         self.applier.background = self.loops.background
         self.claims = ClaimDesk(self.channel, self.committer, self.stats)
+        self.guests = Guests(self.state, self.pool, self.committer, self.loops.background)
+        self.links = LinkFollower(self.guests.links_changed)
+        self.applier.apply_guests = self.guests.apply
         self.reports = WorkerReports(
             self.state,
             self.pool,
@@ -141,6 +146,7 @@ class Supervisor:
             reload=self.applier.reload,
             summary=self.summary,
             background=self.loops.background,
+            apply_guests=self.guests.apply,
         )
         self.metrics = MetricsServer(
             MetricSources(
@@ -180,6 +186,10 @@ class Supervisor:
             log.error("metrics endpoint %s unavailable: %s", self.config.metrics_listen, exc)
         if self.zygote is not None:
             await self.zygote.start()  # a zygote that fails leaves workers to exec
+        # The links present decide the pattern-bound interfaces before any worker starts.
+        await self.links.dump()
+        self.guests.present = {link.name for link in self.links.links.values() if not link.loopback}
+        await self.guests.apply()
         for name in self.state.topology.interfaces:
             await self.pool.start(name)
         await self.committer.save()
@@ -202,6 +212,7 @@ class Supervisor:
         assert self.endpoints.zap is not None
         self.loops.start("worker_channel", lambda: self.channel.receive(self.reports.handle))
         self.loops.start("timers", self.timers.run, beat_within_s=BEAT_WITHIN_S)
+        self.loops.start("links", self.links.run)
         self.loops.start("zap", self.endpoints.zap.serve)
         if self.zygote is not None:
             self.loops.start("zygote", self.zygote.supervise)

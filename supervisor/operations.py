@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from portier.groups import Topology, check_group_name, check_interface_name
+from portier.groups import Topology, check_group_name, check_interface_name, is_pattern
 from portier.neighbors import NeighborCache
 from portier.status import OK, Code, Status
 from portier.supervisor import views
@@ -46,6 +46,10 @@ class OperationParts:
     reload: Callable[[], Awaitable[Result]]
     summary: Callable[[], dict[str, Any]]
     background: Callable[[Coroutine[Any, Any, Any], str], object]
+    # Binds and releases by the member patterns (guests.py); the changes, uncommitted.
+    apply_guests: Callable[[], Awaitable[tuple[list[Change], dict[str, Any]]]] = lambda: (
+        _no_guests()
+    )
 
     async def commit(self, op: str, changes: list[Change] | None = None, **fields: Any) -> Result:
         """Replicate, program, save and announce; OK, saying so if the save failed."""
@@ -55,6 +59,10 @@ class OperationParts:
     def stop_worker(self, name: str) -> None:
         """In the background: the reply need not wait for the process to exit."""
         self.background(self.pool.stop(name), f"stopping the worker for {name}")
+
+
+async def _no_guests() -> tuple[list[Change], dict[str, Any]]:
+    return [], {}
 
 
 Operation = Callable[[OperationParts, dict[str, Any]], Awaitable[Result]]
@@ -190,22 +198,44 @@ async def group_release(sup: OperationParts, args: dict[str, Any]) -> Result:
         return Status(Code.DOES_NOT_EXIST, f"Group {name} does not exist"), None
     changes = sup.state.forget_group(name)
     sup.state.topology.release_group(name)
-    return await sup.commit("group_release", changes, group=name)
+    guest_changes, guests = await sup.apply_guests()  # its patterns' interfaces go too
+    return await sup.commit("group_release", changes + guest_changes, group=name, **guests)
 
 
 @operation("add")
 async def add(sup: OperationParts, args: dict[str, Any]) -> Result:
     name, group = args["interface"], args["group"]
     upstream = args.get("upstream", False)
+    if is_pattern(name):
+        return await _add_pattern(sup, name, group, upstream)
     status = sup.state.topology.add_to_group(name, group, upstream=upstream)
     if not status:
         return status.wrap(f"Failed to add {name} to group {group}"), None
     return await sup.commit("add", interface=name, group=group, upstream=upstream)
 
 
+async def _add_pattern(sup: OperationParts, pattern: str, group: str, upstream: bool) -> Result:
+    if upstream:
+        status = Status(Code.INVALID_ARGUMENT, "An upstream is an exact interface name")
+    else:
+        status = sup.state.topology.add_pattern(pattern, group)
+    if not status:
+        return status.wrap(f"Failed to add pattern {pattern} to group {group}"), None
+    changes, guests = await sup.apply_guests()
+    status, _ = await sup.commit("add", changes, pattern=pattern, group=group, **guests)
+    return status, {"bound": [name for name, _, _ in guests.get("bound", [])]}
+
+
 @operation("remove")
 async def remove(sup: OperationParts, args: dict[str, Any]) -> Result:
     name = args["interface"]
+    if is_pattern(name):
+        status = sup.state.topology.remove_pattern(name)
+        if not status:
+            return status.wrap(f"Failed to remove pattern {name}"), None
+        changes, guests = await sup.apply_guests()
+        status, _ = await sup.commit("remove", changes, pattern=name, **guests)
+        return status, {"released": guests.get("released", [])}
     interface = sup.state.topology.interfaces.get(name)
     if interface is None:
         return Status(Code.DOES_NOT_EXIST, f"Interface {name} is not bound"), None

@@ -32,7 +32,13 @@ from typing import Any
 
 import msgpack
 
-from portier.groups import DisableReason, Topology, check_group_name, check_interface_name
+from portier.groups import (
+    DisableReason,
+    Topology,
+    check_group_name,
+    check_interface_name,
+    check_member_pattern,
+)
 from portier.neighbors import Neighbor, NeighborCache
 from portier.replication import apply_topology, topology_to_wire
 from portier.schema import SchemaError, neighbor_from_wire
@@ -523,6 +529,8 @@ def _check_topology(value: object) -> dict[str, Any]:
         _need(all(r in _REASONS for r in reasons), where, f"unknown disable reason in {reasons}")
         until = item["loop_disabled_until"]
         _need(until is None or _is_number(until), where, "bad loop_disabled_until")
+        bound_by = item.get("bound_by")
+        _need(bound_by is None or isinstance(bound_by, str), where, "bad bound_by")
         interfaces[name] = item
     groups: dict[str, dict[str, Any]] = {}
     for index, item in enumerate(_list(wire["groups"], "topology.groups")):
@@ -548,6 +556,12 @@ def _check_topology(value: object) -> dict[str, Any]:
             item["upstream"] is None or item["upstream"] in members,
             where,
             f"upstream {item['upstream']!r} is not a member",
+        )
+        patterns = _list(item.get("patterns", []), f"{where}.patterns")
+        _need(
+            all(bool(check_member_pattern(p)) for p in patterns),
+            where,
+            f"bad pattern in {patterns}",
         )
         for prefix in _list(item["onlink_prefixes"], f"{where}.onlink_prefixes"):
             _need(

@@ -4,6 +4,8 @@ The running state may hold runtime changes made through the control API; a reloa
 applies the difference between the configuration the state was built from and the new
 one, so those runtime changes stay unless the new configuration contradicts them.
 Interfaces and groups the diff does not touch keep their workers and their neighbors.
+Member patterns are diffed the same way; which interfaces they bind follows from the
+links present (supervisor/guests.py), not from this plan.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from portier.groups import Topology
+from portier.groups import Topology, is_pattern
 
 
 @dataclass
@@ -23,6 +25,9 @@ class ReloadPlan:
     # (interface, group, as upstream)
     memberships: list[tuple[str, str, bool]] = field(default_factory=list)
     unset_upstreams: list[str] = field(default_factory=list)
+    remove_patterns: list[str] = field(default_factory=list)
+    # (pattern, group)
+    add_patterns: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {key: value for key, value in vars(self).items() if value}
@@ -41,9 +46,29 @@ def plan_reload(
             if group.get("upstream"):
                 owner[group["upstream"]] = (group["name"], True)
             for member in group.get("members", []):
-                owner[member] = (group["name"], False)
+                if not is_pattern(member):
+                    owner[member] = (group["name"], False)
         return owner
 
+    def patterns(groups: dict[str, dict[str, Any]]) -> dict[str, str]:
+        return {
+            member: group["name"]
+            for group in groups.values()
+            for member in group.get("members", [])
+            if is_pattern(member)
+        }
+
+    old_patterns, new_patterns = patterns(old), patterns(new)
+    plan.remove_patterns = [
+        p
+        for p, group in old_patterns.items()
+        if new_patterns.get(p) != group and topology.pattern_owner(p) == group
+    ]
+    plan.add_patterns = [
+        (p, group)
+        for p, group in new_patterns.items()
+        if topology.pattern_owner(p) != group or p in plan.remove_patterns
+    ]
     old_owner, new_owner = interfaces(old), interfaces(new)
     plan.release_groups = [g for g in old if g not in new and g in topology.groups]
     plan.release_interfaces = [
@@ -55,7 +80,8 @@ def plan_reload(
         interface = topology.interfaces.get(name)
         current_group = interface.group if interface else None
         is_upstream = current_group is not None and topology.groups[current_group].upstream == name
-        if current_group != group or is_upstream != upstream:
+        pattern_bound = interface is not None and interface.bound_by is not None
+        if current_group != group or is_upstream != upstream or pattern_bound:
             plan.memberships.append((name, group, upstream))
     for name, spec in new.items():
         current = topology.groups[name].upstream if name in topology.groups else None

@@ -66,6 +66,10 @@ class ProxyState:
                 )
                 if not status:
                     return status.wrap(f"Failed to add {name} to {group.name}")
+            for pattern in group.patterns:
+                status = self.topology.add_pattern(pattern, group.name)
+                if not status:
+                    return status.wrap(f"Failed to add pattern {pattern} to {group.name}")
         return OK
 
     def topology_changed(self) -> list[Change]:

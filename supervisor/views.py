@@ -33,6 +33,7 @@ def interfaces_view(topology: Topology, now: float) -> list[dict[str, Any]]:
                 "forwarding": interface.enabled,
                 "disable_reasons": sorted(r.value for r in interface.disable_reasons),
                 "loop_disabled_for_s": round(until - now, 1) if until else None,
+                "bound_by": interface.bound_by,
             }
         )
     return rows
@@ -44,6 +45,14 @@ def groups_view(topology: Topology) -> list[dict[str, Any]]:
             "name": group.name,
             "upstream": group.upstream,
             "members": list(group.members),
+            "patterns": list(group.patterns),
+            # pattern -> the members it bound
+            "bound": {
+                pattern: [
+                    m for m in group.members if topology.interfaces[m].bound_by == pattern
+                ]
+                for pattern in group.patterns
+            },
             "onlink_prefixes": [
                 f"{format_ipv6(prefix)}/{length}" for prefix, length in group.onlink_prefixes
             ],
