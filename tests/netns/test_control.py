@@ -108,6 +108,8 @@ def test_views_and_operator_commands(proxy):
         "name": "lan",
         "upstream": "up0",
         "members": ["up0", "vm1", "vm2"],
+        "patterns": [],
+        "bound": {},
         "onlink_prefixes": ["2001:db8:1::/64"],
     }
     neighbors = proxy.call("neighbors", "--group", "lan")
@@ -490,7 +492,14 @@ def test_reload_turns_the_fast_path_off_and_on_again(make_lab):
     wait_for(lambda: daemon.call("status")["fastpath"]["active"], 10, "fast path on")
     status = daemon.call("status")
     assert status["ready"]
-    assert set(status["health"]["loops"]) == {"worker_channel", "timers", "control", "zap"}
+    assert set(status["health"]["loops"]) == {
+        "worker_channel",
+        "timers",
+        "control",
+        "zap",
+        "links",
+        "zygote",
+    }
     assert all(loop["healthy"] for loop in status["health"]["loops"].values())
 
     def table_exists() -> bool:
