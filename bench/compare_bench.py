@@ -104,7 +104,7 @@ def build(kind: str) -> tuple[Lab, str, list[Callable[[], None]]]:
 
 
 def strip_checks(lab: Lab, vlan: bool) -> None:
-    """Delete the ingress chains' source-address rule (reads @owned_...) and with `vlan`
+    """Delete the ingress chains' source-address rule (reads @f_...) and with `vlan`
     their VLAN rule (reads the Ethernet type)."""
     listing = json.loads(
         lab.ns(lab.proxy, "nft", "-j", "list", "table", "netdev", "portier").stdout
@@ -116,7 +116,7 @@ def strip_checks(lab: Lab, vlan: bool) -> None:
             continue
         ether_type = {"payload": {"protocol": "ether", "field": "type"}}
         tagged = any(e.get("match", {}).get("left") == ether_type for e in rule["expr"])
-        if (vlan and tagged) or "@owned_" in json.dumps(rule["expr"]):
+        if (vlan and tagged) or "@f_" in json.dumps(rule["expr"]):
             lab.ns(
                 lab.proxy,
                 "nft",

@@ -4,8 +4,9 @@ One netdev table, `portier`, owned by portierd and programmed from the authorita
 state.  Per enabled member an ingress chain: frames that carried a VLAN tag are left
 alone (never forwarded), ND is accepted (it goes on to the workers), a packet whose
 source address is owned by another member or MAC (source validation, RFC 6620) is left
-to the workers, which drop and count it and report the claim (two set lookups: `owned_`
-holds the group's owned addresses, `own_` each one with its owner's ifindex and MAC),
+to the workers, which drop and count it and report the claim (one lookup per frame: a
+member's `f_` set holds the addresses other members of its group own; a MAC spoofed
+behind the owner's own member is caught by the workers only),
 then a verdict map keyed by destination address jumps to that neighbor's chain: rewrite
 both Ethernet addresses and `fwd` out of the egress; what the map misses (multicast,
 unknown destinations) goes on to the workers too.  Neighbors whose data
@@ -95,17 +96,13 @@ class IngressRule:
     router_chain: str | None  # downstream only: where off-link destinations go
 
 
-# An owned address's owner as the kernel sees it: (interface name, ifindex, MAC).
-Owner = tuple[str, int, bytes]
-
-
 @dataclass
 class Desired:
     groups: dict[str, tuple[tuple[bytes, int], ...]] = field(default_factory=dict)
     ingress: dict[str, IngressRule] = field(default_factory=dict)
     neighbors: dict[tuple[str, bytes], NeighborRule] = field(default_factory=dict)
-    # group -> owned address -> its owner, for the source check at ingress.
-    owners: dict[str, dict[bytes, Owner]] = field(default_factory=dict)
+    # member -> the addresses other members of its group own (its source check).
+    foreign: dict[str, frozenset[bytes]] = field(default_factory=dict)
 
 
 def desired_state(topology: Topology, neighbors: NeighborCache, now: float) -> Desired:
@@ -129,14 +126,16 @@ def desired_state(topology: Topology, neighbors: NeighborCache, now: float) -> D
             want.ingress[name] = IngressRule(
                 group.name, None if name == group.upstream else router_chain
             )
-    for group_name in want.groups:
-        want.owners[group_name] = {}
+    owned: dict[str, list[tuple[bytes, str]]] = {name: [] for name in want.groups}
+    for entry in neighbors:
+        if entry.group in owned and protected(topology, entry):
+            owned[entry.group].append((entry.address, entry.interface))
+    for name, rule in want.ingress.items():
+        want.foreign[name] = frozenset(a for a, owner in owned[rule.group] if owner != name)
     for entry in neighbors:
         egress = usable.get(entry.interface)
         if egress is None or egress.group != entry.group or entry.group not in want.groups:
             continue
-        if protected(topology, entry):
-            want.owners[entry.group][entry.address] = (egress.name, egress.ifindex, entry.mac)
         largest = max(usable[m].mtu for m in topology.groups[entry.group].members if m in usable)
         want.neighbors[(entry.group, entry.address)] = NeighborRule(
             egress.name,
@@ -519,12 +518,11 @@ class FastPath:
         # neighbor chains the elements pointed at.
         for name in have.ingress.keys() - want.ingress.keys():
             commands.append({"delete": _obj("chain", name=f"in_{_hex(name)}")})
+            commands.append({"delete": _obj("set", name=f"f_{_hex(name)}")})
         for group in have.groups.keys() - want.groups.keys():
             for kind, prefix in (
                 ("map", "g_"),
                 ("set", "onlink_"),
-                ("set", "owned_"),
-                ("set", "own_"),
             ):
                 commands.append({"delete": _obj(kind, name=f"{prefix}{_hex(group)}")})
         for key in have.neighbors.keys() - want.neighbors.keys():
@@ -545,19 +543,6 @@ class FastPath:
                         )
                     },
                 ]
-                commands += [
-                    {"add": _obj("set", name=f"owned_{tag}", type="ipv6_addr")},
-                    {
-                        "add": _obj(
-                            "set",
-                            name=f"own_{tag}",
-                            type=["ipv6_addr", "iface_index", "ether_addr"],
-                        )
-                    },
-                ]
-            commands += FastPath._owner_changes(
-                tag, have.owners.get(group, {}), want.owners.get(group, {})
-            )
             if group not in have.groups or have.groups[group] != prefixes:
                 elements = [{"prefix": {"addr": "fe80::", "len": 10}}] + [
                     {"prefix": {"addr": format_ipv6(prefix), "len": length}}
@@ -588,6 +573,15 @@ class FastPath:
                         )
                     }
                 )
+        for name, foreign in want.foreign.items():
+            known = have.foreign.get(name) if name in have.ingress else None
+            if known is None:
+                commands.append({"add": _obj("set", name=f"f_{_hex(name)}", type="ipv6_addr")})
+                known = frozenset()
+            for verb, addresses in (("delete", known - foreign), ("add", foreign - known)):
+                if addresses:
+                    listed = sorted(format_ipv6(a) for a in addresses)
+                    commands.append({verb: _obj("element", name=f"f_{_hex(name)}", elem=listed)})
         for name, ingress in want.ingress.items():
             had = have.ingress.get(name)
             if had == ingress:
@@ -610,43 +604,6 @@ class FastPath:
             else:
                 commands.append({"flush": _obj("chain", name=chain)})
             commands += FastPath._ingress_rules(chain, ingress)
-        return commands
-
-    @staticmethod
-    def _owner_changes(
-        tag: str, have: dict[bytes, Owner], want: dict[bytes, Owner]
-    ) -> list[dict[str, Any]]:
-        def owner_element(address: bytes, owner: Owner) -> dict[str, Any]:
-            name, _ifindex, mac = owner
-            return {"concat": [format_ipv6(address), name, format_mac(mac)]}
-
-        commands: list[dict[str, Any]] = []
-        gone = [a for a in have if have[a] != want.get(a)]
-        if gone:
-            commands.append(
-                {
-                    "delete": _obj(
-                        "element", name=f"own_{tag}", elem=[owner_element(a, have[a]) for a in gone]
-                    )
-                }
-            )
-            left = [format_ipv6(a) for a in gone if a not in want]
-            if left:
-                commands.append({"delete": _obj("element", name=f"owned_{tag}", elem=left)})
-        arrived = [a for a in want if have.get(a) != want[a]]
-        if arrived:
-            fresh = [format_ipv6(a) for a in arrived if a not in have]
-            if fresh:
-                commands.append({"add": _obj("element", name=f"owned_{tag}", elem=fresh)})
-            commands.append(
-                {
-                    "add": _obj(
-                        "element",
-                        name=f"own_{tag}",
-                        elem=[owner_element(a, want[a]) for a in arrived],
-                    )
-                }
-            )
         return commands
 
     @staticmethod
@@ -716,19 +673,10 @@ class FastPath:
                 },
                 {"accept": None},
             ],
-            # Someone else's source address: the workers drop it, count it, check the
-            # owner.  (An unowned source costs one lookup, an owned one two.)
+            # Another member's address as the source: the workers drop it, count it
+            # and check the owner.
             [
-                {"match": {"op": "==", "left": saddr, "right": f"@owned_{tag}"}},
-                {
-                    "match": {
-                        "op": "!=",
-                        "left": {
-                            "concat": [saddr, {"meta": {"key": "iif"}}, _payload("ether", "saddr")]
-                        },
-                        "right": f"@own_{tag}",
-                    }
-                },
+                {"match": {"op": "==", "left": saddr, "right": f"@f_{chain[3:]}"}},
                 {"accept": None},
             ],
             # Multicast is never in the map, so the lookup comes first: one rule fewer on
