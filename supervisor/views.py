@@ -48,9 +48,7 @@ def groups_view(topology: Topology) -> list[dict[str, Any]]:
             "patterns": list(group.patterns),
             # pattern -> the members it bound
             "bound": {
-                pattern: [
-                    m for m in group.members if topology.interfaces[m].bound_by == pattern
-                ]
+                pattern: [m for m in group.members if topology.interfaces[m].bound_by == pattern]
                 for pattern in group.patterns
             },
             "onlink_prefixes": [
