@@ -88,7 +88,7 @@ class WorkerReports:
         if not accepted:
             return
         self.committer.neighbors_dirty = True
-        self.committer.fastpath_dirty = True
+        self.committer.mark_fastpath_dirty()
         await self.channel.broadcast(changes, exclude=interface)
         for entry in accepted:
             self.stats.learned[entry.group] += 1
@@ -132,7 +132,7 @@ class WorkerReports:
 
     async def on_prefix(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         interface = handle.interface
-        self.committer.fastpath_dirty = True
+        self.committer.mark_fastpath_dirty()
         changes = self.state.on_prefix(
             interface,
             message["group"],
