@@ -64,7 +64,7 @@ class ClaimDesk:
         if moved:
             await self.committer.sync_fastpath()
         elif changes:
-            self.committer.fastpath_dirty = True
+            self.committer.mark_fastpath_dirty()
 
     def _announce(self, settled: Settled) -> None:
         entry = settled.neighbor

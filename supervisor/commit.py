@@ -56,6 +56,7 @@ class Committer:
         events: EventPublisher,
         applied_config: Callable[[], dict[str, Any]],
         on_committed: Callable[[], None] = lambda: None,
+        on_fastpath_dirty: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = state
@@ -65,6 +66,7 @@ class Committer:
         self.events = events
         self.applied_config = applied_config
         self.on_committed = on_committed
+        self.on_fastpath_dirty = on_fastpath_dirty
         self.clock = clock
         self.neighbors_dirty = False  # learned or expired since the last save
         self.fastpath_dirty = False  # the kernel's copy is behind the cache
@@ -77,6 +79,11 @@ class Committer:
         self.events.publish("state", op=op, **fields)
         self.on_committed()
         return saved
+
+    def mark_fastpath_dirty(self) -> None:
+        """The kernel is behind: the timers program it soon, batching what comes meanwhile."""
+        self.fastpath_dirty = True
+        self.on_fastpath_dirty()
 
     async def sync_fastpath(self) -> None:
         self.fastpath_dirty = False

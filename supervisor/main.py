@@ -108,6 +108,7 @@ class Supervisor:
             events=self.events,
             applied_config=lambda: self.applier.applied,
             on_committed=self.readiness.check,
+            on_fastpath_dirty=self._fastpath_dirty,
         )
         self.applier.committer = self.committer
         self.applier.pool = self.pool
@@ -272,6 +273,9 @@ class Supervisor:
                 log.info("status written to %s", path)
 
         self.loops.background(write(), "writing the status file")
+
+    def _fastpath_dirty(self) -> None:
+        self.timers.poke()
 
     def _on_worker_state(self, handle: WorkerHandle) -> None:
         log.info("worker %s: %s", handle.interface, handle.state.value)

@@ -96,7 +96,7 @@ class WorkerReports:
             await self.claims.carry_out(learned.changes, learned.settled, learned.probes)
         elif learned.accepted:
             self.committer.neighbors_dirty = True
-            self.committer.fastpath_dirty = True
+            self.committer.mark_fastpath_dirty()
             await self.channel.broadcast(learned.changes, exclude=interface)
         for entry in learned.accepted:
             self.stats.learned[entry.group] += 1
@@ -150,7 +150,7 @@ class WorkerReports:
 
     async def on_prefix(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         interface = handle.interface
-        self.committer.fastpath_dirty = True
+        self.committer.mark_fastpath_dirty()
         changes = self.state.on_prefix(
             interface,
             message["group"],

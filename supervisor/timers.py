@@ -1,9 +1,14 @@
-"""The supervisor's timers: one tick every 0.5 s does everything that is due.
+"""The supervisor's timers: one tick a second does everything that is due.
 
 Neighbor and loop-disable expiry (replicated and announced), owner checks that ran out
 (claims.py carries out the moves), the fast path (dirty state
 programmed, `maintain` for retries and the periodic check), saving learned neighbors at
-most every 2 s, the workers' heartbeats both ways, and the systemd watchdog.  The tick
+most every 2 s, the workers' heartbeats both ways (to the workers every 5 s: they count
+the supervisor silent after 15 s), and the systemd watchdog.  The cost of a tick grows
+with the number of workers, and ticks come once a second whatever that number.  Newly
+learned neighbors do not wait for the tick: a poke (`poke`, from the committer) has the
+fast path programmed FASTPATH_BATCH_S later, in one batch with whatever else came
+meanwhile.  The tick
 beats the loop supervisor's health for the timer loop: a tick that hangs is a loop that
 stops being healthy.  Time comes from an injected clock, so a test drives `tick(now)`
 without sleeping.  Nothing here decides state: it asks the state what expired.
@@ -12,6 +17,7 @@ without sleeping.  Nothing here decides state: it asks the state what expired.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,11 +30,12 @@ from portier.supervisor.state import ProxyState
 from portier.supervisor.stats import SupervisorStats
 from portier.supervisor.workerpool import WorkerPool
 
-TICK_S = 0.5
-HEARTBEAT_S = 1.0
+TICK_S = 1.0
+HEARTBEAT_S = 5.0
 NEIGHBOR_SAVE_S = 2.0
+FASTPATH_BATCH_S = 0.005
 LOOP_NAME = "timers"
-# The tick beats every 0.5 s; a loop that has not for this long is stuck.
+# The tick beats every second; a loop that has not for this long is stuck.
 BEAT_WITHIN_S = 5.0
 
 
@@ -59,11 +66,28 @@ class Timers:
         self.clock = clock
         self.next_heartbeat = 0.0
         self.last_save_attempt = clock()
+        self.poked = asyncio.Event()
+
+    def poke(self) -> None:
+        self.poked.set()
 
     async def run(self) -> None:
+        next_tick = self.clock() + TICK_S
         while True:
-            await asyncio.sleep(self.sleep_s(self.clock()))
-            await self.tick(self.clock())
+            now = self.clock()
+            timeout_s = min(max(0.0, next_tick - now), self.sleep_s(now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.poked.wait(), timeout_s)
+            if self.poked.is_set():
+                self.poked.clear()
+                await asyncio.sleep(FASTPATH_BATCH_S)  # reports that come together, together
+                if self.committer.fastpath_dirty:
+                    await self.committer.sync_fastpath()
+            now = self.clock()
+            due = self.state.checks.next_deadline()
+            if now >= next_tick or (due is not None and now >= due):
+                next_tick = now + TICK_S
+                await self.tick(now)
 
     def sleep_s(self, now: float) -> float:
         """One tick's wait, shorter when an owner check runs out sooner (a move is due)."""

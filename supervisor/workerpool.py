@@ -2,8 +2,10 @@
 give up when flapping.
 
 One-for-one supervision: each bound interface has one worker process.  A worker that
-exits, or misses heartbeats, is restarted after an exponential backoff (0.1 s doubling
-up to 30 s; a worker that ran for a minute starts again from 0.1 s).  More than
+exits, or misses heartbeats, is restarted at once the first time (a fork takes
+milliseconds: the guest's ND comes back in tens of them), then after an exponential
+backoff (0.1 s doubling up to 30 s; a worker that ran for a minute starts again from
+at once).  More than
 `intensity` restarts within `period_s` marks the interface FAILED: it is reported and
 left alone until an operator acts, never restarted in a tight loop.  Signals go to the
 process the pool spawned, never to a pid a worker reports.  When the supervisor itself
@@ -30,11 +32,12 @@ from typing import Any, Protocol
 
 log = logging.getLogger("portier.supervisor")
 
+FIRST_RESTART_S = 0.0
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
 HEARTBEAT_TIMEOUT_S = 5.0
-# Heartbeat checks come every tick (0.5 s); a gap this long means the supervisor stalled.
+# Heartbeat checks come every tick (1 s); a gap this long means the supervisor stalled.
 STALL_S = 2.5
 
 
@@ -49,7 +52,33 @@ class WorkerProcess(Protocol):
 
     async def wait(self) -> int: ...
 
+    async def ended(self) -> None: ...
+
     def send_signal(self, signum: int) -> None: ...
+
+
+class ExecWorker:
+    """A worker started by exec: asyncio's Process; it has ended when it has exited."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    async def ended(self) -> None:
+        await self.process.wait()
+
+    def send_signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
 
 
 class Spawner(Protocol):
@@ -79,7 +108,7 @@ class WorkerHandle:
     restarts: int = 0
     started_at: float = 0.0
     last_heartbeat: float = 0.0
-    backoff_s: float = BACKOFF_MIN_S
+    backoff_s: float = FIRST_RESTART_S
     restart_times: deque[float] = field(default_factory=deque)
     seq: int = -1  # last delta sequence sent; -1 before the snapshot
     counters: dict[str, Any] = field(default_factory=dict)
@@ -139,8 +168,10 @@ class WorkerPool:
         handle.spawned_by = "zygote" if process is not None else "exec"
         if process is None:
             try:
-                process = await asyncio.create_subprocess_exec(
-                    *self.command, *args, stdin=asyncio.subprocess.DEVNULL
+                process = ExecWorker(
+                    await asyncio.create_subprocess_exec(
+                        *self.command, *args, stdin=asyncio.subprocess.DEVNULL
+                    )
                 )
             except OSError as exc:
                 log.error("cannot start worker for %s: %s", interface, exc)
@@ -157,22 +188,24 @@ class WorkerPool:
         return handle
 
     async def _watch(self, handle: WorkerHandle, process: WorkerProcess) -> None:
-        code = await process.wait()
+        await process.ended()
         if handle.process is not process:
             return
-        handle.last_exit = code
+        handle.last_exit = process.returncode
         handle.process = None
         handle.seq = -1
         if self.stopping or handle.state == WorkerState.STOPPED:
             self._set(handle, WorkerState.STOPPED)
             return
-        log.warning("worker %s (pid %d) exited with %s", handle.interface, handle.pid, code)
         self._schedule_restart(handle)
+        code = await process.wait()
+        handle.last_exit = code
+        log.warning("worker %s (pid %d) exited with %s", handle.interface, process.pid, code)
 
     def _schedule_restart(self, handle: WorkerHandle) -> None:
         now = self.clock()
         if now - handle.started_at >= STABLE_AFTER_S:
-            handle.backoff_s = BACKOFF_MIN_S
+            handle.backoff_s = FIRST_RESTART_S
         while handle.restart_times and now - handle.restart_times[0] > self.period_s:
             handle.restart_times.popleft()
         if len(handle.restart_times) >= self.intensity:
@@ -186,7 +219,7 @@ class WorkerPool:
             return
         handle.restart_times.append(now)
         delay = handle.backoff_s
-        handle.backoff_s = min(BACKOFF_MAX_S, handle.backoff_s * 2)
+        handle.backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, handle.backoff_s * 2))
         self._set(handle, WorkerState.BACKOFF)
         handle.restart_task = asyncio.create_task(self._restart_later(handle, delay))
         handle.restart_task.add_done_callback(_log_failure)

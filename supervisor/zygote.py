@@ -57,18 +57,44 @@ def parent_pid(pid: int) -> int | None:
 class ForkedWorker:
     """A worker forked by the zygote, behind the same face as asyncio's Process."""
 
-    def __init__(self, pid: int, pidfd: int) -> None:
+    def __init__(self, pid: int, pidfd: int, lifeline: socket.socket | None) -> None:
         self.pid = pid
         self.pidfd = pidfd
+        self.lifeline = lifeline
         self.returncode: int | None = None
         self.reported_code: int | None = None
         self._reported = asyncio.Event()
+        self._ended = asyncio.Event()
         self._done = asyncio.Event()
         self._finishing: asyncio.Task[None] | None = None
-        asyncio.get_running_loop().add_reader(pidfd, self._on_exit)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, self._on_exit)
+        if lifeline is not None:
+            lifeline.setblocking(False)
+            loop.add_reader(lifeline, self._on_lifeline)
+
+    def _on_lifeline(self) -> None:
+        assert self.lifeline is not None
+        try:
+            if self.lifeline.recv(64):
+                return  # the worker never writes; nothing to act on
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._drop_lifeline()
+        self._ended.set()
+
+    def _drop_lifeline(self) -> None:
+        if self.lifeline is not None:
+            asyncio.get_running_loop().remove_reader(self.lifeline)
+            self.lifeline.close()
+            self.lifeline = None
 
     def _on_exit(self) -> None:
         asyncio.get_running_loop().remove_reader(self.pidfd)
+        self._drop_lifeline()
+        self._ended.set()
         self._finishing = asyncio.ensure_future(self._finish())
 
     async def _finish(self) -> None:
@@ -78,6 +104,10 @@ class ForkedWorker:
         self.returncode = UNKNOWN_EXIT if code is None else code
         os.close(self.pidfd)
         self._done.set()
+
+    async def ended(self) -> None:
+        """No code of the worker runs any more (its exit may still be under way)."""
+        await self._ended.wait()
 
     def report_exit(self, code: int) -> None:
         self.reported_code = code
@@ -224,23 +254,34 @@ class ZygoteSpawner:
     def _on_readable(self) -> None:
         while self.sock is not None:
             try:
-                raw = self.sock.recv(spawning.MESSAGE_MAX_BYTES + 1)
+                raw, fds, _flags, _address = socket.recv_fds(
+                    self.sock, spawning.MESSAGE_MAX_BYTES + 1, 1
+                )
             except BlockingIOError:
                 return
             except OSError as exc:
                 log.warning("the zygote's socket failed: %s", exc)
-                raw = b""
+                raw, fds = b"", []
+            lifeline = socket.socket(fileno=fds[0]) if fds else None
             if not raw:  # the zygote is gone; supervise() sees its exit
+                if lifeline is not None:
+                    lifeline.close()
                 asyncio.get_running_loop().remove_reader(self.sock)
                 return
             try:
                 message = spawning.decode(raw)
             except ValueError as exc:
                 log.warning("bad message from the zygote: %s", exc)
-                continue
-            self._on_message(message)
+                message = None
+            if message is not None:
+                lifeline = self._on_message(message, lifeline)
+            if lifeline is not None:  # not taken by a new worker
+                lifeline.close()
 
-    def _on_message(self, message: dict[str, Any]) -> None:
+    def _on_message(
+        self, message: dict[str, Any], lifeline: socket.socket | None
+    ) -> socket.socket | None:
+        """Act on one message; the lifeline that came with it, unless a worker took it."""
         op = message["op"]
         if op == "ready":
             if message["pid"] == (self.process.pid if self.process else None):
@@ -249,7 +290,8 @@ class ZygoteSpawner:
                 self.ready.set()
                 log.info("zygote ready, pid %d", self.pid)
         elif op == "spawned":
-            worker = self._adopt(message["pid"])
+            worker = self._adopt(message["pid"], lifeline)
+            lifeline = None
             future = self.pending.get(message["id"])
             if future is not None and not future.done():
                 future.set_result(worker)
@@ -264,19 +306,24 @@ class ZygoteSpawner:
             future = self.pending.get(message["id"]) if message["id"] is not None else None
             if future is not None and not future.done():
                 future.set_result(None)
+        return lifeline
 
-    def _adopt(self, pid: int) -> ForkedWorker | None:
+    def _adopt(self, pid: int, lifeline: socket.socket | None) -> ForkedWorker | None:
         """A pidfd on the new worker, held only if the pid is verifiably the zygote's child."""
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as exc:
             log.warning("cannot open a pidfd for forked worker %d: %s", pid, exc)
+            if lifeline is not None:
+                lifeline.close()
             return None
         if parent_pid(pid) != self.pid:
             os.close(pidfd)
+            if lifeline is not None:
+                lifeline.close()
             log.error("pid %d is not the zygote's child; not adopting it", pid)
             return None
-        worker = ForkedWorker(pid, pidfd)
+        worker = ForkedWorker(pid, pidfd, lifeline)
         self.children[pid] = worker
         self.spawned += 1
         return worker

@@ -56,7 +56,10 @@ from portier.workers.linkwatch import LinkWatch
 
 log = logging.getLogger("portier.worker")
 
+# Heartbeats carry the counters: every second while they change, every HEARTBEAT_IDLE_S
+# while nothing does (the supervisor kills a worker silent for 5 s).
 HEARTBEAT_S = 1.0
+HEARTBEAT_IDLE_S = 2.0
 SUPERVISOR_SILENCE_S = 15.0
 LEARNED_FLUSH_S = 0.01
 LEARNED_BATCH_MAX = 512
@@ -116,7 +119,7 @@ class Worker:
         self.replica = Replica(self.topology, self.neighbors)
         self.link = LinkWatch(interface)
         self.receivers: list[socket.socket] = []
-        self.senders: dict[str, tuple[int, socket.socket]] = {}
+        self.sender: socket.socket | None = None
         self.counters: Counter[str] = Counter()
         self.transmitted: Counter[str] = Counter()
         self.nd_types: Counter[int] = Counter()
@@ -126,6 +129,7 @@ class Worker:
         self.drops: Counter[str] = Counter()
         self.learned: list[dict[str, Any]] = []
         self.learned_since = 0.0
+        self.last_beat: dict[str, Any] = {}
         self.last_heard = time.monotonic()
         self.supervisor_silent = False
         self.silence_s = silence_s
@@ -282,40 +286,36 @@ class Worker:
             sock.close()
         self.receivers = []
 
-    def sender(self, name: str) -> socket.socket | None:
-        """The send socket of an egress, reopened when its ifindex changed."""
-        interface = self.topology.interfaces.get(name)
-        if interface is None or not interface.ifindex:
-            return None
-        cached = self.senders.get(name)
-        if cached is not None:
-            if cached[0] == interface.ifindex:
-                return cached[1]
-            cached[1].close()
-            del self.senders[name]
-        try:
-            sock = packetio.open_sender(name)
-        except OSError as exc:
-            self.counters[f"tx_open_error_{errno.errorcode.get(exc.errno or 0, 'unknown')}"] += 1
-            return None
-        self.senders[name] = (interface.ifindex, sock)
-        return sock
+    def egress_socket(self) -> socket.socket | None:
+        """The one send socket, for every egress: each frame names its interface.
+
+        One socket, not one per member: a packet socket's close waits for an RCU grace
+        period (~12 ms measured here), so a worker holding one per member of a group of
+        hundreds would take seconds to die and be replaced.
+        """
+        if self.sender is None:
+            try:
+                self.sender = packetio.open_sender()
+            except OSError as exc:
+                errname = errno.errorcode.get(exc.errno or 0, "unknown")
+                self.counters[f"tx_open_error_{errname}"] += 1
+        return self.sender
 
     def transmit(self, action: Transmit) -> None:
         name = action.interface
-        sock = self.sender(name)
-        if sock is None:
+        interface = self.topology.interfaces.get(name)
+        sock = self.egress_socket()
+        if sock is None or interface is None or not interface.ifindex:
             self.drops[f"{name}|no_egress_socket"] += 1
             return
         header = action.meta if action.meta is not None else packetio.ZERO_VNET_HDR
         try:
-            sock.sendmsg([header, action.frame])  # type: ignore[list-item]
+            # The name is resolved by the kernel at each send: a re-created interface's
+            # new ifindex is used at once.
+            sock.sendmsg([header, action.frame], [], 0, (name, 0))  # type: ignore[list-item]
         except OSError as exc:
             errname = errno.errorcode.get(exc.errno or 0, "unknown").lower()
             self.drops[f"{name}|tx_{errname}"] += 1
-            if exc.errno in (errno.ENODEV, errno.ENXIO, errno.ENETDOWN):
-                sock.close()
-                self.senders.pop(name, None)
             return
         self.transmitted[name] += 1
 
@@ -450,7 +450,8 @@ class Worker:
             self.send("learned", neighbors=self.learned)
             self.learned = []
 
-    def heartbeat(self) -> None:
+    def heartbeat(self) -> bool:
+        """Send the heartbeat; whether anything in it changed since the last one."""
         kernel_drops = sum(packetio.drops(sock) for sock in self.packet_sockets())
         if kernel_drops:
             self.drops[f"{self.interface}|{DropReason.SOCKET_OVERFLOW.value}"] += kernel_drops
@@ -466,13 +467,15 @@ class Worker:
         counters["replica_neighbors"] = len(self.neighbors)
         counters["engine_errors"] = self.engine_errors
         counters["held_frames"] = len(self.engine.hold)
-        self.send(
-            "heartbeat",
-            seq=NO_SEQ if self.seq is None else self.seq,
-            counters=counters,
-            drops=dict(self.drops),
-            histograms={"nd_relay_seconds": self.relay.wire()},
-        )
+        beat = {
+            "seq": NO_SEQ if self.seq is None else self.seq,
+            "counters": counters,
+            "drops": dict(self.drops),
+            "histograms": {"nd_relay_seconds": self.relay.wire()},
+        }
+        self.send("heartbeat", **beat)
+        changed, self.last_beat = beat != self.last_beat, beat
+        return changed
 
     # --- loop --------------------------------------------------------------------
 
@@ -539,9 +542,11 @@ class Worker:
                     self._handle(self.engine.poll(now))
             self.publish_answers()
             self.flush_learned(now)
+            if ready and next_heartbeat - now > HEARTBEAT_S:
+                next_heartbeat = now + HEARTBEAT_S  # busy again: counters go out each second
             if now >= next_heartbeat:
-                self.heartbeat()
-                next_heartbeat = now + HEARTBEAT_S
+                changed = self.heartbeat()
+                next_heartbeat = now + (HEARTBEAT_S if changed else HEARTBEAT_IDLE_S)
                 self.check_supervisor(now)
         self.flush_learned(time.monotonic(), force=True)
         return 0
@@ -569,8 +574,8 @@ class Worker:
     def close(self) -> None:
         self.answerer.stop()
         self.close_receivers()
-        for _, sock in self.senders.values():
-            sock.close()
+        if self.sender is not None:
+            self.sender.close()
         self.link.close()
         self.answered.close(linger=0)
         self.channel.close(linger=500)

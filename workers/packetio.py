@@ -181,13 +181,13 @@ def open_answer_socket(ifname: str, ifindex: int) -> socket.socket:
     return sock
 
 
-def open_sender(ifname: str) -> socket.socket:
-    """A send-only socket on one interface (protocol 0: it receives nothing)."""
+def open_sender() -> socket.socket:
+    """A send-only socket for every interface (protocol 0, unbound: it receives nothing;
+    each send names its egress)."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
-        sock.bind((ifname, 0))
         sock.setblocking(False)
     except OSError:
         sock.close()

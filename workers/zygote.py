@@ -7,6 +7,12 @@ msgpack message per packet) for "spawn" requests.  Each is answered by a fork wh
 child runs exactly the worker's own `main` and never returns into this loop.  A child
 shares the parent's pages copy-on-write, so a worker costs its own state, not a fresh
 interpreter.  The zygote reaps its children and reports each exit with its status.
+With each "spawned" answer goes (SCM_RIGHTS) one end of a socket pair whose other end
+is the child's LIFELINE_FD, above any descriptor a worker opens: the kernel releases a
+dying process's descriptors highest first (measured here), and releasing each packet
+socket waits for an RCU grace period (~12 ms), so the supervisor sees end of file on
+the lifeline tens of milliseconds before the exit itself, once no code of the worker
+runs any more, and can start its successor at once.
 
 Fork-safety rules (why a fork from here is sound, and what must stay true):
 - Single-threaded, always: it never starts a thread, and refuses to fork if one exists
@@ -34,6 +40,7 @@ import ctypes
 import gc
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -49,6 +56,7 @@ log = logging.getLogger("portier.zygote")
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+LIFELINE_FD = 255  # a worker holds a few dozen descriptors; the table stays small
 
 
 def _prctl(option: int, value: int | bytes) -> None:
@@ -106,16 +114,25 @@ class Zygote:
         if threading.active_count() != 1:
             self.send("error", id=request_id, message="the zygote has threads; not forking")
             return None
+        lifeline, childs_end = socket.socketpair()
         try:
             pid = os.fork()
         except OSError as exc:
+            lifeline.close()
+            childs_end.close()
             self.send("error", id=request_id, message=f"fork failed: {exc.strerror}")
             return None
         if pid == 0:
+            lifeline.close()
+            os.dup2(childs_end.fileno(), LIFELINE_FD)  # the first one a dying process closes
+            childs_end.close()
             self.become_worker(argv)  # never returns
+        childs_end.close()
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = pid
-        self.send("spawned", id=request_id, pid=pid)
+        message = spawning.encode("spawned", id=request_id, pid=pid)
+        socket.send_fds(self.requests, [message], [lifeline.fileno()])
+        lifeline.close()
         return pidfd
 
     def reap(self, pidfd: int) -> None:
@@ -158,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     supervisor_pidfd = os.pidfd_open(parent)
     if os.getppid() != parent or parent == 1:
         return 1  # the supervisor died before its pidfd was open: it is not ours to watch
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= LIFELINE_FD:
+        log.error("the descriptor limit is below %d; the zygote does not start", LIFELINE_FD)
+        return 1
     requests = socket.socket(fileno=args.socket_fd)
     gc.collect()
     gc.freeze()  # the imported heap stays shared with every child
