@@ -18,10 +18,19 @@ declare -A wanted=(
   [setpriv]=util-linux
   [promtool]=prometheus
   [ndppd]=ndppd
+  [clang]=clang
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${wanted[$cmd]}")
+done
+# headers -> package: the tc program (supervisor/bpf/) is compiled here, never shipped built
+declare -A headers=(
+  [/usr/include/bpf/bpf_helpers.h]=libbpf-dev
+  [/usr/include/linux/bpf.h]=linux-libc-dev
+)
+for header in "${!headers[@]}"; do
+  [ -f "$header" ] || missing+=("${headers[$header]}")
 done
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3-venv)

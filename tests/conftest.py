@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from lab import Lab  # noqa: E402
 from labdaemon import netns_available  # noqa: E402
 
-_ROOT_ONLY = ("netns", "system", "faults")
+_ROOT_ONLY = ("netns", "system", "faults", "bpf")
 _MISSING_EXIT = 3  # pytest's "internal error" would mislead; any non-zero fails CI
 
 _skipped_integration = pytest.StashKey[int]()
