@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
+from appliance_bench import memory_kib  # noqa: E402
 from lab import PREFIX_NET, ROUTER_ADDRESS, Lab, run  # noqa: E402
 from labdaemon import Daemon  # noqa: E402
 
@@ -174,15 +175,6 @@ def wait_ready(lab: Lab, pinger: RouterPinger, started: float, timeout_s: float)
 def proxy_pids(lab: Lab) -> list[int]:
     out = run("ip", "netns", "pids", lab.proxy).stdout.split()
     return [int(pid) for pid in out]
-
-
-def memory_kib(pid: int) -> tuple[int, int]:
-    """(USS, PSS) in KiB."""
-    fields: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        name, value, *_ = line.split()
-        fields[name.rstrip(":")] = int(value)
-    return fields["Private_Clean"] + fields["Private_Dirty"], fields["Pss"]
 
 
 def cpu_and_switches(pid: int) -> tuple[float, int]:

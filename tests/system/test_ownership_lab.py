@@ -57,17 +57,21 @@ def owner_of(daemon: Daemon, address: str) -> dict | None:
     return next((row for row in rows if row["address"] == address), None)
 
 
-def claims(daemon: Daemon, interface: str, outcome: str) -> float:
+def metric(daemon: Daemon, series: str) -> float:
+    """One series' value from portierd's /metrics (0 when absent)."""
     code = (
         "import urllib.request;"
         "print(urllib.request.urlopen('http://127.0.0.1:9470/metrics').read().decode())"
     )
     text = daemon.lab.ns(daemon.lab.proxy, sys.executable, "-c", code).stdout
-    wanted = f'portier_claims_total{{interface="{interface}",outcome="{outcome}"}}'
     for line in text.splitlines():
-        if line.startswith(wanted):
+        if line.startswith(series):
             return float(line.rpartition(" ")[2])
     return 0.0
+
+
+def claims(daemon: Daemon, interface: str, outcome: str) -> float:
+    return metric(daemon, f'portier_claims_total{{interface="{interface}",outcome="{outcome}"}}')
 
 
 def watch_frames(
@@ -283,16 +287,7 @@ def test_a_spoofed_data_source_is_dropped_in_the_workers_and_the_fast_path(lab, 
 
 
 def owned_addresses(daemon: Daemon, interface: str) -> float:
-    code = (
-        "import urllib.request;"
-        "print(urllib.request.urlopen('http://127.0.0.1:9470/metrics').read().decode())"
-    )
-    text = daemon.lab.ns(daemon.lab.proxy, sys.executable, "-c", code).stdout
-    wanted = f'portier_owned_addresses{{group="lan",interface="{interface}"}}'
-    for line in text.splitlines():
-        if line.startswith(wanted):
-            return float(line.rpartition(" ")[2])
-    return 0.0
+    return metric(daemon, f'portier_owned_addresses{{group="lan",interface="{interface}"}}')
 
 
 def test_a_member_over_quota_claims_no_more_while_the_others_keep_resolving(make_lab):
