@@ -157,10 +157,15 @@ class Daemon:
     def worker(self, interface: str) -> dict:
         return next(w for w in self.status()["workers"] if w["interface"] == interface)
 
-    def stop(self, timeout: float = 5.0) -> int:
+    def stop(self, timeout: float = 15.0) -> int:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=timeout)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise LabError(
+                f"portierd still running {timeout:.0f} s after SIGTERM; its log:\n{self.log_tail()}"
+            ) from None
         if self.notify is not None:
             self.notify.close()
         return code

@@ -59,6 +59,18 @@ log = logging.getLogger("portier.supervisor")
 STATUS_FILE = "status.json"
 
 
+class _Steps:
+    """Logs the time each shutdown step took."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        now = time.monotonic()
+        log.debug("%s in %.3f s", what, now - self.last)
+        self.last = now
+
+
 class Supervisor:
     """The parts of a running portierd, wired together."""
 
@@ -205,8 +217,10 @@ class Supervisor:
         self.readiness.check()
         await self.stop_event.wait()
         log.info("stopping")
+        started = time.monotonic()
         await self.loops.stop()
         await self.shutdown()
+        log.info("stopped in %.3f s", time.monotonic() - started)
         return self.exit_code
 
     def _start_loops(self) -> None:
@@ -225,14 +239,20 @@ class Supervisor:
         self.stop_event.set()
 
     async def shutdown(self) -> None:
+        # Each step is timed in the debug log: a stop that overruns systemd's bound says why.
+        step = _Steps()
         self.readiness.notifier.stopping()
         await self.channel.stop_workers()
         await self.pool.stop_all(timeout_s=3.0)
+        step("workers stopped")
         if self.zygote is not None:
             await self.zygote.stop()
+            step("zygote stopped")
         await self.committer.save()
         self.saver.close()
+        step("state saved")
         await self.fastpath.remove()
+        step("fast path removed")
         self.metrics.close()
         self.endpoints.close(also_remove=[self.runtime_dir / STATUS_FILE])
         self.context.term()

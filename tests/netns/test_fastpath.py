@@ -151,7 +151,7 @@ def test_stop_leaves_nothing_and_start_cleans_up(make_lab):
     lab.wait_ping(guest.name, ROUTER_ADDRESS)
     assert "leftover" not in ruleset(lab)
     wait_for(lambda: "table netdev portier" in ruleset(lab), 5, "the fast path programmed")
-    assert daemon.stop() == 0
+    assert daemon.stop() == 0, daemon.log_tail()
     assert "portier" not in ruleset(lab)
 
 
