@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-from portier.addresses import UNSPECIFIED
+from portier.addresses import ALL_NODES, UNSPECIFIED, multicast_mac
 from portier.frame import (
     DST,
     DST_MAC,
@@ -43,6 +43,7 @@ from portier.frame import (
 from portier.groups import Topology
 from portier.ndmsg import (
     MIN_LENGTH,
+    NA_FLAG_OVERRIDE,
     NA_FLAG_ROUTER,
     NA_FLAG_SOLICITED,
     NA_FLAGS_OFFSET,
@@ -90,6 +91,19 @@ def answer_frame(
     icmp = encode_nd(answer, target, asker)
     header = IPv6Header(target, asker, NH_ICMPV6, ND_HOP_LIMIT, len(icmp))
     return build_frame(asker_mac, ingress_mac, header, icmp)
+
+
+def announcement_frame(upstream_mac: bytes, target: bytes, is_router: bool) -> bytes:
+    """The unsolicited NA (override set) to all-nodes that names the upstream's MAC for
+    `target`: a peer still holding another MAC for it (a VM that migrated here) is
+    corrected at once (RFC 4861 §7.2.6); a peer without an entry creates none."""
+    flags = NA_FLAG_OVERRIDE | (NA_FLAG_ROUTER if is_router else 0)
+    advert = NeighborAdvertisement(
+        target, flags, (LinkLayerAddressOption(OptionType.TARGET_LINK_LAYER, upstream_mac),)
+    )
+    icmp = encode_nd(advert, target, ALL_NODES)
+    header = IPv6Header(target, ALL_NODES, NH_ICMPV6, ND_HOP_LIMIT, len(icmp))
+    return build_frame(multicast_mac(ALL_NODES), upstream_mac, header, icmp)
 
 
 def answerable(topology: Topology, ingress: str, entry: Neighbor | None) -> bool:

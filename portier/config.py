@@ -61,6 +61,7 @@ class Config:
     per_member_limit: int = 256  # addresses one member may own per group
     claim_probe_ms: int = 1000  # how long an owner has to answer before its address moves
     last_writer_wins: frozenset[str] = frozenset()  # groups with ownership switched off
+    announce: bool = True  # an unsolicited NA upstream when a guest address arrives or moves
     control_socket: Path | None = None  # default: runtime_dir/control.sock
     control_tcp: str | None = None  # e.g. "tcp://127.0.0.1:9471", only with CURVE
     curve_secret_key: Path | None = None  # the server's key pair (zmq certificate file)
@@ -100,6 +101,7 @@ _NEIGHBORS = {
     "per_member_limit",
     "claim_probe_ms",
     "last_writer_wins",
+    "announce",
 }
 _GROUP = {"name", "upstream", "members"}
 
@@ -184,6 +186,7 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
     probe_ms = _typed(neighbors, "claim_probe_ms", int, "neighbors.claim_probe_ms", path, 1000)
     if not 10 <= probe_ms <= 60000:
         raise ConfigError(path, "neighbors.claim_probe_ms", "must be from 10 to 60000")
+    announce = _typed(neighbors, "announce", bool, "neighbors.announce", path, True)
     unowned = _typed(neighbors, "last_writer_wins", list, "neighbors.last_writer_wins", path, [])
     for index, group_name in enumerate(unowned):
         if not isinstance(group_name, str) or not check_group_name(group_name):
@@ -266,6 +269,7 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
         per_member_limit=per_member,
         claim_probe_ms=probe_ms,
         last_writer_wins=frozenset(unowned),
+        announce=announce,
         fastpath_enabled=fastpath_enabled,
         control_socket=Path(control_socket) if control_socket else None,
         control_tcp=control_tcp,

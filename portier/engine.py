@@ -48,7 +48,7 @@ from portier.addresses import (
     multicast_mac,
     solicited_node,
 )
-from portier.answers import ANSWER_FRESH_S, answer_frame, answerable
+from portier.answers import ANSWER_FRESH_S, announcement_frame, answer_frame, answerable
 from portier.checksum import upper_layer_checksum
 from portier.drops import DropReason, FrameError
 from portier.fairshare import TokenBuckets
@@ -189,6 +189,7 @@ class Engine:
             "answered": 0,
             "claims_reported": 0,
             "probes_sent": 0,
+            "announced": 0,
             "member_work_limited": 0,
         }
 
@@ -639,6 +640,16 @@ class Engine:
         header = IPv6Header(source, dst, NH_ICMPV6, ND_HOP_LIMIT, len(icmp))
         self.counters["probes_sent"] += 1
         return [Transmit(member.name, build_frame(entry.mac, member.mac, header, icmp))]
+
+    def announce(self, group: str, address: bytes, is_router: bool) -> list[Action]:
+        """The supervisor saw a guest address arrive or move: say so on the upstream."""
+        found = self.topology.groups.get(group)
+        upstream = self.topology.interfaces.get(found.upstream or "") if found else None
+        if upstream is None or not upstream.enabled or len(upstream.mac) != 6:
+            return []
+        self.counters["announced"] += 1
+        frame = announcement_frame(upstream.mac, address, is_router)
+        return [Transmit(upstream.name, frame)]
 
     # --- learning ------------------------------------------------------------------
 

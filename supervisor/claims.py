@@ -5,7 +5,8 @@ ProxyState); this module carries them out: it asks the owner's worker to send th
 check, counts every outcome for the metrics (portier_claims_total), publishes a `claim`
 event for each refused claim and each move, and logs one rate-limited line per member
 naming the member, the MAC and the address.  A move reprograms the fast path at once,
-so the kernel forwards to the new owner without waiting for the timers.
+so the kernel forwards to the new owner without waiting for the timers, and is announced
+on the upstream (announce.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from portier import logs
 from portier.addresses import format_ipv6, format_mac
 from portier.ownership import ClaimOutcome, Probe, Settled
+from portier.supervisor.announce import Announcer
 from portier.supervisor.channel import WorkerChannel
 from portier.supervisor.commit import Committer
 from portier.supervisor.state import Change
@@ -31,9 +33,11 @@ class ClaimDesk:
         channel: WorkerChannel,
         committer: Committer,
         stats: SupervisorStats,
+        announcer: Announcer,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.announcer = announcer
         self.channel = channel
         self.committer = committer
         self.stats = stats
@@ -63,6 +67,9 @@ class ClaimDesk:
             self._announce(outcome)
         if moved:
             await self.committer.sync_fastpath()
+            await self.announcer.arrived(
+                s.neighbor for s in settled if s.outcome is ClaimOutcome.MOVED
+            )
         elif changes:
             self.committer.mark_fastpath_dirty()
 

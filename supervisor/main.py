@@ -30,6 +30,7 @@ from portier import __version__, logs
 from portier.config import DEFAULT_PATH, Config, ConfigError, load_config
 from portier.status import Status
 from portier.supervisor import operations
+from portier.supervisor.announce import Announcer
 from portier.supervisor.channel import WorkerChannel
 from portier.supervisor.claims import ClaimDesk
 from portier.supervisor.commit import Committer
@@ -126,7 +127,10 @@ class Supervisor:
         self.applier.pool = self.pool
         self.applier.fastpath = self.fastpath
         self.applier.background = self.loops.background
-        self.claims = ClaimDesk(self.channel, self.committer, self.stats)
+        self.announcer = Announcer(
+            self.state.topology, self.channel, self.stats, lambda: self.config.announce
+        )
+        self.claims = ClaimDesk(self.channel, self.committer, self.stats, self.announcer)
         self.guests = Guests(self.state, self.pool, self.committer, self.loops.background)
         self.links = LinkFollower(self.guests.links_changed)
         self.applier.apply_guests = self.guests.apply
@@ -137,6 +141,7 @@ class Supervisor:
             self.committer,
             self.stats,
             self.claims,
+            self.announcer,
             on_connected=self.readiness.check,
         )
         self.timers = Timers(

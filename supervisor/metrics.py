@@ -218,6 +218,14 @@ class PortierCollector:
         for (name, outcome), value in sorted(claim_counts.items()):
             claims.add_metric([name, outcome], value)
         yield claims
+        announcements = CounterMetricFamily(
+            "portier_announcements",
+            "Unsolicited NAs on the upstream for a member's arriving addresses, by outcome",
+            labels=["interface", "outcome"],
+        )
+        for (name, outcome), value in sorted(sup.stats.announcements.items()):
+            announcements.add_metric([name, outcome], value)
+        yield announcements
         owned = GaugeMetricFamily(
             "portier_owned_addresses",
             "Addresses a member owns in its group",

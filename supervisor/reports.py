@@ -1,7 +1,8 @@
 """What the supervisor does with each kind of message a worker sends.
 
 hello (the worker is up: its link facts, then its snapshot), heartbeat (its counters),
-resync (it lost a delta: a fresh snapshot), learned (neighbors, checked by the state),
+resync (it lost a delta: a fresh snapshot), learned (neighbors, checked by the state;
+an address that arrived or moved is announced on the upstream, see announce.py),
 claim (its member claimed an address someone else owns: the state may start an owner
 check, which claims.py carries out),
 link (the kernel's view of its interface changed), loop (an RA revealed a loop), prefix
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from portier.supervisor.announce import Announcer
 from portier.supervisor.channel import WorkerChannel
 from portier.supervisor.claims import ClaimDesk
 from portier.supervisor.commit import Committer
@@ -37,6 +39,7 @@ class WorkerReports:
         committer: Committer,
         stats: SupervisorStats,
         claims: ClaimDesk,
+        announcer: Announcer,
         *,
         on_connected: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
@@ -47,6 +50,7 @@ class WorkerReports:
         self.committer = committer
         self.stats = stats
         self.claims = claims
+        self.announcer = announcer
         self.on_connected = on_connected
         self.clock = clock
         self.handlers = {
@@ -98,6 +102,7 @@ class WorkerReports:
             self.committer.neighbors_dirty = True
             self.committer.mark_fastpath_dirty()
             await self.channel.broadcast(learned.changes, exclude=interface)
+        await self.announcer.arrived(learned.arrived)
         for entry in learned.accepted:
             self.stats.learned[entry.group] += 1
             self.committer.publish(

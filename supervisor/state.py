@@ -33,6 +33,7 @@ class LearnedOutcome(NamedTuple):
     accepted: list[Neighbor]
     settled: list[Settled]  # claims refused (their owner spoke) or over quota
     probes: list[Probe]  # owner checks to send (a replica was behind: a claim after all)
+    arrived: list[Neighbor]  # accepted entries that are new or behind another member now
 
 
 class ProxyState:
@@ -113,7 +114,7 @@ class ProxyState:
         """Accept the entries a worker learned on its own interface, as ownership allows."""
         interface = self.topology.interfaces.get(name)
         group = interface.group if interface else None
-        outcome = LearnedOutcome([], [], [], [])
+        outcome = LearnedOutcome([], [], [], [], [])
         for item in items:
             entry = neighbor_from_wire(item)
             if entry.interface != name or entry.group != group:
@@ -140,6 +141,8 @@ class ProxyState:
             self.neighbors.put(entry)
             outcome.accepted.append(entry)
             outcome.changes.append(change_neighbor(entry))
+            if previous is None or previous.interface != name:
+                outcome.arrived.append(entry)
         return outcome
 
     def on_claim(

@@ -1,4 +1,4 @@
-"""Totals the supervisor counts itself (learned, expired, loops, claims), for the metrics.
+"""Totals the supervisor counts itself (learned, expired, loops, claims, announcements).
 
 Plain counters, written by the worker reports and the timers, read at scrape time.
 Nothing here is persisted; a restarted daemon counts from zero, as Prometheus expects.
@@ -19,3 +19,6 @@ class SupervisorStats:
     # the owner's interface.
     claims: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
     probes: Counter[str] = dataclasses.field(default_factory=Counter)
+    # Unsolicited NAs asked of the upstream, by (member the address is behind, outcome:
+    # sent or rate_limited).
+    announcements: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)

@@ -182,6 +182,8 @@ class Worker:
             self.stopping = True
         elif kind == "command" and message["command"] == "probe":
             self._probe(message.get("args") or {})
+        elif kind == "command" and message["command"] == "announce":
+            self._announce(message.get("args") or {})
         elif kind != "heartbeat":
             self.counters["channel_unexpected_messages"] += 1
 
@@ -193,6 +195,20 @@ class Worker:
             return
         if not self.replica.stale:
             self._handle(self.engine.probe(group, address))
+
+    def _announce(self, args: dict[str, Any]) -> None:
+        """The supervisor saw a guest address arrive or move: the unsolicited NA upstream."""
+        group, address, router = args.get("group"), args.get("address"), args.get("router")
+        if (
+            not isinstance(group, str)
+            or not isinstance(address, bytes)
+            or len(address) != 16
+            or not isinstance(router, bool)
+        ):
+            self.counters["channel_bad_messages"] += 1
+            return
+        if not self.replica.stale:
+            self._handle(self.engine.announce(group, address, router))
 
     def request_snapshot(self) -> None:
         self.counters["resyncs_requested"] += 1

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from lab import ROUTER_ADDRESS, ROUTER_LL, Lab, wait_for
@@ -326,3 +327,54 @@ def test_metrics_count_what_was_forwarded(lab, daemon):
     before = forwarded_to_vm1()
     assert lab.ping(lab.router, address, count=5, extra=("-i", "0.05")).returncode == 0
     wait_for(lambda: forwarded_to_vm1() >= before + 5, 5, "5 echo requests counted to vm1")
+
+
+def router_solicitations_sent(lab: Lab) -> int:
+    counters = lab.ns(lab.router, "cat", "/proc/net/snmp6").stdout
+    return int(
+        next(
+            line.split()[1]
+            for line in counters.splitlines()
+            if line.startswith("Icmp6OutNeighborSolicits")
+        )
+    )
+
+
+def test_a_migrated_guest_is_announced_before_the_router_probes(lab, daemon):
+    """The router still names another host's MAC for an address (the VM lived there);
+    once the guest speaks from it here, the proxy's unsolicited NA corrects the entry."""
+    guest1, guest2 = lab.guest_list
+    address2 = lab.wait_slaac(guest2)
+    lab.wait_ping(guest1.name, address2)
+    moved = "2001:db8:1::99"
+    stale = "02:99:00:00:00:01"
+    lab.ns(
+        lab.router,
+        "ip",
+        "-6",
+        "neigh",
+        "replace",
+        moved,
+        "lladdr",
+        stale,
+        "dev",
+        "r0",
+        "nud",
+        "stale",
+    )
+    assert neighbor_mac(lab, lab.router, moved, "r0") == stale
+    upstream_mac = mac_of(lab, lab.proxy, "up0")
+    probes_before = router_solicitations_sent(lab)
+    lab.ns(guest1.name, "ip", "-6", "addr", "add", f"{moved}/64", "dev", "eth0", "nodad")
+    started = time.monotonic()
+    # It speaks to its neighbor, never to the router: only the proxy can tell the router.
+    assert lab.ping(guest1.name, address2, extra=("-I", moved)).returncode == 0
+    wait_for(
+        lambda: neighbor_mac(lab, lab.router, moved, "r0") == upstream_mac,
+        1.0,
+        "the router's entry to name the proxy's upstream MAC",
+    )
+    elapsed = time.monotonic() - started
+    assert router_solicitations_sent(lab) == probes_before, "the router had to ask"
+    assert elapsed < 1.5
+    assert metrics(lab)['portier_announcements_total{interface="vm1",outcome="sent"}'] >= 1

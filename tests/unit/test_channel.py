@@ -9,6 +9,7 @@ import zmq.asyncio
 from supervisor_parts import committer_for, lan_config
 
 from portier import schema
+from portier.supervisor.announce import Announcer
 from portier.supervisor.channel import WorkerChannel
 from portier.supervisor.claims import ClaimDesk
 from portier.supervisor.reports import WorkerReports
@@ -53,13 +54,18 @@ class Rig:
         self.committer = committer_for(self.state)
         self.stats = SupervisorStats()
         self.connected = 0
+        self.announce = True
+        self.announcer = Announcer(
+            self.state.topology, self.channel, self.stats, lambda: self.announce
+        )
         self.reports = WorkerReports(
             self.state,
             self.pool,
             self.channel,
             self.committer,
             self.stats,
-            ClaimDesk(self.channel, self.committer, self.stats),
+            ClaimDesk(self.channel, self.committer, self.stats, self.announcer),
+            self.announcer,
             on_connected=self._connected,
         )
         self.dealers: dict[str, zmq.asyncio.Socket] = {}
@@ -210,11 +216,53 @@ async def _next(rig: Rig, sock, wanted) -> dict:
             return message
 
 
+def _names(message: dict, address: bytes) -> bool:
+    return any(
+        c["op"] == "neighbor" and c["neighbor"]["address"] == address
+        for c in message.get("changes", [])
+    )
+
+
 def _checking(message: dict) -> bool:
     return any(
         c["op"] == "neighbor" and c["neighbor"].get("check_until")
         for c in message.get("changes", [])
     )
+
+
+def test_an_arriving_guest_address_is_announced_on_the_upstream_once(rig):
+    def learned(address: bytes, seen: float) -> bytes:
+        item = _neighbor("vm1", MAC, seen) | {"address": address}
+        return schema.encode({"kind": "learned", "neighbors": [item]})
+
+    def announced(message: dict) -> bool:
+        return message["kind"] == "command" and message["command"] == "announce"
+
+    first, second, third = (bytes([0x20, 1, 0xD, 0xB8] + [0] * 11 + [n]) for n in (1, 2, 3))
+
+    async def scenario() -> list[dict]:
+        loop = asyncio.create_task(rig.channel.receive(rig.reports.handle))
+        sockets = {name: rig.worker(name) for name in ("up0", "vm1")}
+        for name, sock in sockets.items():
+            await sock.send(schema.encode(hello(name, 1)))
+            assert (await rig.receive(sock))["kind"] == "snapshot"
+        seen = []
+        await sockets["vm1"].send(learned(first, 1.0))
+        seen.append(await _next(rig, sockets["up0"], announced))
+        await sockets["vm1"].send(learned(first, 2.0))  # seen again, same member: quiet
+        rig.announce = False
+        await sockets["vm1"].send(learned(second, 2.0))  # switched off: quiet
+        await _next(rig, sockets["up0"], lambda m: _names(m, second))
+        rig.announce = True
+        await sockets["vm1"].send(learned(third, 3.0))
+        seen.append(await _next(rig, sockets["up0"], announced))
+        loop.cancel()
+        return seen
+
+    commands = asyncio.run(scenario())
+    assert [c["args"]["address"] for c in commands] == [first, third]
+    assert commands[0]["args"] == {"group": "lan", "address": first, "router": False}
+    assert rig.stats.announcements[("vm1", "sent")] == 2
 
 
 @pytest.mark.parametrize("owner", ["answers", "is silent"])
@@ -251,7 +299,7 @@ def test_a_claim_for_an_owned_address_is_checked_with_the_owners_worker(rig, own
             await rig.claims.carry_out(changes, settled, [])
         loop.cancel()
 
-    rig.claims = ClaimDesk(rig.channel, rig.committer, rig.stats)
+    rig.claims = ClaimDesk(rig.channel, rig.committer, rig.stats, rig.announcer)
     rig.reports.claims = rig.claims
     asyncio.run(scenario())
     entry = rig.state.neighbors.get("lan", bytes(range(16)))

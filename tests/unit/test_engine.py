@@ -608,3 +608,17 @@ def test_dad_probes_for_a_fresh_neighbor_are_forwarded_never_answered(engine):
     assert early_answer(engine, dad, 2.0) is None
     out = sent(engine.handle_frame("up0", dad, 2.0))
     assert set(out) == {"vm1", "vm2"}  # forwarded to the owner's side, not answered
+
+
+def test_an_announcement_is_an_unsolicited_override_na_naming_the_upstream(engine):
+    (announcement,) = engine.announce("lan", GUEST1, False)
+    assert announcement.interface == "up0"
+    packet = parse_packet(announcement.frame)
+    assert (packet.dst_mac, packet.src_mac) == (multicast_mac(ALL_NODES), UP_MAC)
+    assert (packet.ipv6.src, packet.ipv6.dst, packet.ipv6.hop_limit) == (GUEST1, ALL_NODES, 255)
+    na = validate_nd(255, packet.ipv6.src, packet.ipv6.dst, packet.upper)  # checksum included
+    assert na.target == GUEST1 and na.override and not na.solicited and not na.router
+    assert na.options == (LinkLayerAddressOption(2, UP_MAC),)
+    assert engine.announce("lan", ROUTER, True)[0].frame != announcement.frame
+    assert engine.announce("nowhere", GUEST1, False) == []
+    assert engine.counters["announced"] == 2

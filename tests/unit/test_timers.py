@@ -72,7 +72,12 @@ class Rig:
             self.readiness,
             self.loops,
             SupervisorStats(),
-            ClaimDesk(self.channel, self.committer, SupervisorStats()),  # type: ignore[arg-type]
+            ClaimDesk(
+                self.channel,  # type: ignore[arg-type]
+                self.committer,
+                SupervisorStats(),
+                None,  # type: ignore[arg-type]  # nothing here moves an address
+            ),
             clock=self.clock,
         )
 
