@@ -104,6 +104,7 @@ class RouterPinger:
         thread.join()
         self.sock = result[0]
         self.sock.settimeout(0.5)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         self.waiting: dict[str, threading.Event] = {}
         self.lock = threading.Lock()
         self.stopping = False
@@ -125,8 +126,15 @@ class RouterPinger:
         event = threading.Event()
         with self.lock:
             self.waiting[address] = event
-        self.sock.sendto(struct.pack("!BBHHH", 128, 0, 0, 0x5CA1, 1) + b"scale", (address, 0))
-        answered = event.wait(timeout_s)
+        try:
+            self.sock.sendto(struct.pack("!BBHHH", 128, 0, 0, 0x5CA1, 1) + b"scale", (address, 0))
+        except OSError:
+            # The shared socket's send buffer is full of echoes waiting for ND (the
+            # timeout applies to sendto too): this try failed, the guest's loop tries again.
+            answered = False
+            time.sleep(0.05)
+        else:
+            answered = event.wait(timeout_s)
         with self.lock:
             self.waiting.pop(address, None)
         return answered
