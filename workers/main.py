@@ -180,25 +180,15 @@ class Worker:
             self._on_replication(self.replica.apply(message), kind, now)
         elif kind == "command" and message["command"] == "stop":
             self.stopping = True
-        elif kind == "command" and message["command"] == "probe":
-            self._probe(message.get("args") or {})
-        elif kind == "command" and message["command"] == "announce":
-            self._announce(message.get("args") or {})
+        elif kind == "command" and message["command"] in ("probe", "announce"):
+            self._command(message["command"], message.get("args") or {})
         elif kind != "heartbeat":
             self.counters["channel_unexpected_messages"] += 1
 
-    def _probe(self, args: dict[str, Any]) -> None:
-        """The supervisor checks an owner behind this interface: send it the NS."""
-        group, address = args.get("group"), args.get("address")
-        if not isinstance(group, str) or not isinstance(address, bytes) or len(address) != 16:
-            self.counters["channel_bad_messages"] += 1
-            return
-        if not self.replica.stale:
-            self._handle(self.engine.probe(group, address))
-
-    def _announce(self, args: dict[str, Any]) -> None:
-        """The supervisor saw a guest address arrive or move: the unsolicited NA upstream."""
-        group, address, router = args.get("group"), args.get("address"), args.get("router")
+    def _command(self, command: str, args: dict[str, Any]) -> None:
+        """probe: the supervisor checks an owner behind this interface (send it the NS);
+        announce: a guest address arrived or moved (the unsolicited NA upstream)."""
+        group, address, router = args.get("group"), args.get("address"), args.get("router", False)
         if (
             not isinstance(group, str)
             or not isinstance(address, bytes)
@@ -207,7 +197,11 @@ class Worker:
         ):
             self.counters["channel_bad_messages"] += 1
             return
-        if not self.replica.stale:
+        if self.replica.stale:
+            return
+        if command == "probe":
+            self._handle(self.engine.probe(group, address))
+        else:
             self._handle(self.engine.announce(group, address, router))
 
     def request_snapshot(self) -> None:

@@ -98,18 +98,6 @@ def seen_markers(watcher: subprocess.Popen) -> set[str]:
 
 
 @pytest.fixture
-def lab(make_lab) -> Lab:
-    return make_lab(guests=2)
-
-
-@pytest.fixture
-def daemon(lab) -> Daemon:
-    daemon = Daemon(lab).start()
-    wait_for(lambda: daemon.call("status")["forwarding"] == 3, 10, "every member forwarding")
-    return daemon
-
-
-@pytest.fixture
 def guests(lab, daemon) -> dict[str, str]:
     """Both guests on SLAAC, known to the proxy and reachable from the router."""
     addresses = {}

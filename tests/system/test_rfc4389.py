@@ -62,18 +62,6 @@ def collected(watcher: subprocess.Popen) -> list[dict]:
     return [json.loads(line) for line in output.splitlines()]
 
 
-@pytest.fixture
-def lab(make_lab) -> Lab:
-    return make_lab(guests=2)
-
-
-@pytest.fixture
-def daemon(lab) -> Daemon:
-    daemon = Daemon(lab).start()
-    wait_for(lambda: daemon.call("status")["forwarding"] == 3, 10, "every member forwarding")
-    return daemon
-
-
 def test_slaac_through_the_proxy(lab, daemon):
     guest = lab.guest_list[0]
     lab.wait_link_local(guest.name)
