@@ -1,6 +1,7 @@
 """A lab of real kernel hosts in network namespaces: router, proxy host, guests.
 
     router (radvd, 2001:db8:1::1/64) --r0 == up0-- proxy --vmN == eth0-- guestN
+    (with `ula`, the router also has fd00:db8:2::1/64 and advertises both prefixes)
     and, nested: proxy --vmM == up0-- inner proxy --vm1 == eth0-- inner guest
 
 Every namespace name starts with a unique prefix, so parallel labs never collide, and
@@ -27,6 +28,8 @@ from pathlib import Path
 PREFIX_NET = "2001:db8:1"
 ROUTER_ADDRESS = f"{PREFIX_NET}::1"
 ROUTER_LL = "fe80::1"
+ULA_NET = "fd00:db8:2"
+ULA_ROUTER_ADDRESS = f"{ULA_NET}::1"
 
 
 class LabError(RuntimeError):
@@ -86,6 +89,7 @@ class Lab:
     nested: bool = False  # a second proxy host, behind the first, with one guest
     prefix: str = field(default_factory=lambda: "pt" + secrets.token_hex(3))
     radvd: bool = True
+    ula: bool = False  # a second, unique local prefix on the upstream link
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="portier-lab-")))
     processes: list[subprocess.Popen] = field(default_factory=list)
 
@@ -154,6 +158,11 @@ class Lab:
             self.router, "ip", "-6", "addr", "add", f"{ROUTER_ADDRESS}/64", "dev", "r0", "nodad"
         )
         self.ns(self.router, "ip", "-6", "addr", "add", f"{ROUTER_LL}/64", "dev", "r0", "nodad")
+        if self.ula:
+            self.ns(
+                self.router,
+                *("ip", "-6", "addr", "add", f"{ULA_ROUTER_ADDRESS}/64", "dev", "r0", "nodad"),
+            )
         self.ns(self.router, "ip", "link", "set", "r0", "up")
         self.ns(self.proxy, "ip", "link", "set", "up0", "up")
         for guest in self.guest_list:
@@ -186,17 +195,27 @@ class Lab:
         self.ns(self.proxy, "ip", "link", "set", guest.port, "up")
         self.ns(guest.name, "ip", "link", "set", "eth0", "up")
 
-    def start_radvd(self) -> None:
+    def prefixes(self) -> list[str]:
+        return [PREFIX_NET, *([ULA_NET] if self.ula else [])]
+
+    def _write_radvd_config(self, withdrawn: tuple[str, ...] = ()) -> Path:
+        lines = [
+            "interface r0 {",
+            "  AdvSendAdvert on;",
+            "  MinRtrAdvInterval 3;",
+            "  MaxRtrAdvInterval 10;",
+        ]
+        for net in self.prefixes():
+            # A valid lifetime of 0 is how a router withdraws a prefix (RFC 4861 6.3.4).
+            lifetimes = " AdvValidLifetime 0; AdvPreferredLifetime 0;" if net in withdrawn else ""
+            lines.append(f"  prefix {net}::/64 {{ AdvOnLink on; AdvAutonomous on;{lifetimes} }};")
         config = self.workdir / "radvd.conf"
-        config.write_text(
-            "interface r0 {\n"
-            "  AdvSendAdvert on;\n"
-            "  MinRtrAdvInterval 3;\n"
-            "  MaxRtrAdvInterval 10;\n"
-            f"  prefix {PREFIX_NET}::/64 {{ AdvOnLink on; AdvAutonomous on; }};\n"
-            "};\n"
-        )
-        self.spawn(
+        config.write_text("\n".join([*lines, "};", ""]))
+        return config
+
+    def start_radvd(self) -> None:
+        config = self._write_radvd_config()
+        self.radvd_process = self.spawn(
             self.router,
             "radvd",
             "-n",
@@ -209,6 +228,11 @@ class Lab:
             "-l",
             str(self.workdir / "radvd.log"),
         )
+
+    def withdraw_prefix(self, net: str) -> None:
+        """Have the router advertise `net` with lifetime 0 from now on (radvd re-reads on HUP)."""
+        self._write_radvd_config(withdrawn=(net,))
+        self.radvd_process.send_signal(signal.SIGHUP)
 
     def spawn(self, namespace: str, *argv: str, **popen: object) -> subprocess.Popen:
         """Start a process inside a namespace; `ip netns exec` execs it, so the PID is its own."""
@@ -239,9 +263,9 @@ class Lab:
             if "tentative" not in line and "dadfailed" not in line
         ]
 
-    def global_address(self, guest: Guest) -> str | None:
+    def global_address(self, guest: Guest, net: str = PREFIX_NET) -> str | None:
         addresses = self.usable_addresses(guest.name, "eth0", "global")
-        return next((a for a in addresses if a.startswith(PREFIX_NET + ":")), None)
+        return next((a for a in addresses if a.startswith(net + ":")), None)
 
     def link_local(self, namespace: str, interface: str = "eth0") -> str | None:
         return next(iter(self.usable_addresses(namespace, interface, "link")), None)
@@ -256,9 +280,11 @@ class Lab:
             f"a usable link-local address on {namespace}",
         )
 
-    def wait_slaac(self, guest: Guest, timeout: float = 20.0) -> str:
+    def wait_slaac(self, guest: Guest, timeout: float = 20.0, net: str = PREFIX_NET) -> str:
         return wait_for(
-            lambda: self.global_address(guest), timeout, f"a SLAAC address on {guest.name}"
+            lambda: self.global_address(guest, net),
+            timeout,
+            f"a SLAAC address in {net}::/64 on {guest.name}",
         )
 
     def ping(

@@ -54,6 +54,25 @@ def lab_groups(lab: Lab) -> list[GroupSpec]:
     return groups
 
 
+METRICS_URL = "http://127.0.0.1:9470/metrics"
+
+
+def metrics_text(lab: Lab, namespace: str | None = None) -> str:
+    """portierd's /metrics, fetched from inside the proxy host (where it listens)."""
+    code = f"import urllib.request;print(urllib.request.urlopen({METRICS_URL!r}).read().decode())"
+    return lab.ns(namespace or lab.proxy, sys.executable, "-c", code).stdout
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """Exposition text as {'name{labels}': value}, the series spelled as portierd prints it."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            samples[series] = float(value)
+    return samples
+
+
 class Daemon:
     def __init__(
         self,
@@ -144,6 +163,9 @@ class Daemon:
     def call(self, *argv: str) -> object:
         """portierctl --json ARGV, which must succeed; its result."""
         return json.loads(self.ctl(*argv, check=True).stdout)["result"]
+
+    def metrics(self) -> dict[str, float]:
+        return metric_samples(metrics_text(self.lab, self.namespace))
 
     def status(self, timeout: float = 10.0) -> dict:
         """Ask for a status dump (SIGUSR1) and read it."""

@@ -25,10 +25,36 @@ import ipaddress
 import json
 import random
 import socket
+import subprocess
 import sys
 import time
+from typing import Any
 
 PEERS = __file__  # run this file in a lab host: [sys.executable, PEERS, ROLE, ...]
+
+
+def watch_frames(
+    lab: Any, namespace: str, seconds: float, *markers: bytes, interface: str = "eth0"
+) -> subprocess.Popen:
+    """Start `framewatch` in a lab host; returns once it listens.  (For the tests' side.)"""
+    watcher = lab.spawn(
+        namespace,
+        sys.executable,
+        PEERS,
+        "framewatch",
+        interface,
+        str(seconds),
+        *(m.hex() for m in markers),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert watcher.stdout is not None and watcher.stdout.readline().strip() == "listening"
+    return watcher
+
+
+def seen_markers(watcher: subprocess.Popen) -> set[str]:
+    output, _ = watcher.communicate(timeout=60)
+    return {json.loads(line)["marker"] for line in output.splitlines()}
 
 
 def server(port: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from lab import ROUTER_ADDRESS, Lab, wait_for
-from labdaemon import Daemon
+from labdaemon import Daemon, metrics_text
 from peers import PEERS
 from prometheus_client.parser import text_string_to_metric_families
 from unit.ndframes import nd_frame
@@ -21,7 +21,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 def families(lab: Lab) -> set[str]:
     """Every metric name the endpoint declares, samples or not (counters with _total)."""
     names = set()
-    for family in text_string_to_metric_families(_fetch(lab)):
+    for family in text_string_to_metric_families(metrics_text(lab)):
         names.add(family.name)
         if family.type == "counter":
             names.add(family.name + "_total")
@@ -29,17 +29,9 @@ def families(lab: Lab) -> set[str]:
     return names
 
 
-def _fetch(lab: Lab) -> str:
-    code = (
-        "import urllib.request;"
-        "print(urllib.request.urlopen('http://127.0.0.1:9470/metrics').read().decode())"
-    )
-    return lab.ns(lab.proxy, sys.executable, "-c", code).stdout
-
-
 def scrape(lab: Lab) -> dict[tuple[str, tuple], float]:
     samples = {}
-    for family in text_string_to_metric_families(_fetch(lab)):
+    for family in text_string_to_metric_families(metrics_text(lab)):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples

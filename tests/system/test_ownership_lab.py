@@ -16,7 +16,7 @@ import time
 import pytest
 from lab import PREFIX_NET, ROUTER_ADDRESS, ROUTER_LL, Lab, wait_for
 from labdaemon import Daemon
-from peers import PEERS
+from peers import PEERS, seen_markers, watch_frames
 from scapy.layers.inet6 import (
     UDP,
     ICMPv6ND_NA,
@@ -59,42 +59,11 @@ def owner_of(daemon: Daemon, address: str) -> dict | None:
 
 def metric(daemon: Daemon, series: str) -> float:
     """One series' value from portierd's /metrics (0 when absent)."""
-    code = (
-        "import urllib.request;"
-        "print(urllib.request.urlopen('http://127.0.0.1:9470/metrics').read().decode())"
-    )
-    text = daemon.lab.ns(daemon.lab.proxy, sys.executable, "-c", code).stdout
-    for line in text.splitlines():
-        if line.startswith(series):
-            return float(line.rpartition(" ")[2])
-    return 0.0
+    return daemon.metrics().get(series, 0.0)
 
 
 def claims(daemon: Daemon, interface: str, outcome: str) -> float:
     return metric(daemon, f'portier_claims_total{{interface="{interface}",outcome="{outcome}"}}')
-
-
-def watch_frames(
-    lab: Lab, namespace: str, seconds: float, *markers: bytes, interface: str = "eth0"
-) -> subprocess.Popen:
-    watcher = lab.spawn(
-        namespace,
-        sys.executable,
-        PEERS,
-        "framewatch",
-        interface,
-        str(seconds),
-        *(m.hex() for m in markers),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert watcher.stdout is not None and watcher.stdout.readline().strip() == "listening"
-    return watcher
-
-
-def seen_markers(watcher: subprocess.Popen) -> set[str]:
-    output, _ = watcher.communicate(timeout=60)
-    return {json.loads(line)["marker"] for line in output.splitlines()}
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from lab import ROUTER_ADDRESS, ROUTER_LL, Lab, wait_for
-from labdaemon import Daemon, GroupSpec
+from labdaemon import Daemon, GroupSpec, metric_samples, metrics_text
 from peers import PEERS
 
 
@@ -28,18 +28,8 @@ def neighbor_mac(lab: Lab, namespace: str, address: str, interface: str) -> str 
     return entries[0].get("lladdr") if entries else None
 
 
-def metrics(lab: Lab, namespace: str | None = None) -> dict[str, float]:
-    code = (
-        "import urllib.request;"
-        "print(urllib.request.urlopen('http://127.0.0.1:9470/metrics').read().decode())"
-    )
-    text = lab.ns(namespace or lab.proxy, sys.executable, "-c", code).stdout
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
+def metrics(lab: Lab) -> dict[str, float]:
+    return metric_samples(metrics_text(lab))
 
 
 def watch_icmp(lab: Lab, namespace: str, kind: int, seconds: float) -> subprocess.Popen:
