@@ -48,6 +48,9 @@ def configure(program: str, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # pyroute2 logs every netlink message it parses at debug: thousands of long lines
+    # when hundreds of links appear, and the formatting is most of the supervisor's time.
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 
 class RateLimiter:

@@ -215,6 +215,18 @@ def change_topology(topology: Topology) -> Change:
     return {"op": OP_TOPOLOGY, "topology": topology_to_wire(topology)}
 
 
+def coalesce(changes: list[Change]) -> list[Change]:
+    """The same changes with one topology op: each carries the whole topology, so the last
+    one's content, at the first one's place (neighbor ops after it then find their
+    interfaces), leaves a replica as all of them in order would."""
+    places = [i for i, change in enumerate(changes) if change.get("op") == OP_TOPOLOGY]
+    if len(places) < 2:
+        return changes
+    merged = [c for i, c in enumerate(changes) if i == places[0] or i not in places]
+    merged[places[0]] = changes[places[-1]]
+    return merged
+
+
 def change_neighbor(neighbor: Neighbor) -> Change:
     return {"op": OP_NEIGHBOR, "neighbor": neighbor_to_wire(neighbor)}
 

@@ -10,6 +10,7 @@ was wrong; no other exception leaves it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +160,18 @@ def _names(types: tuple[type, ...]) -> str:
 
 def encode(message: dict[str, Any]) -> bytes:
     return msgpack.packb({"v": SCHEMA_VERSION, **message}, use_bin_type=True)
+
+
+def delta_encoder(changes: list[Any]) -> Callable[[int], bytes]:
+    """seq -> `encode({"kind": "delta", "seq": seq, "changes": changes})`, the changes
+    packed once: a broadcast sends the same changes to every worker, only seq differs."""
+
+    def pack(value: Any) -> bytes:
+        return msgpack.packb(value, use_bin_type=True)
+
+    head = b"\x84" + pack("v") + pack(SCHEMA_VERSION) + pack("kind") + pack("delta") + pack("seq")
+    tail = pack("changes") + pack(changes)
+    return lambda seq: head + pack(seq) + tail
 
 
 def unpack(raw: bytes, max_bytes: int) -> dict[str, Any]:

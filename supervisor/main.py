@@ -120,7 +120,7 @@ class Supervisor:
             saver=self.saver,
             events=self.events,
             applied_config=lambda: self.applier.applied,
-            on_committed=self.readiness.check,
+            on_committed=self._committed,
             on_fastpath_dirty=self._fastpath_dirty,
         )
         self.applier.committer = self.committer
@@ -301,6 +301,10 @@ class Supervisor:
 
     def _fastpath_dirty(self) -> None:
         self.timers.poke()
+
+    def _committed(self) -> None:
+        self.stats.keep_interfaces(self.state.topology.interfaces)
+        self.readiness.check()
 
     def _on_worker_state(self, handle: WorkerHandle) -> None:
         log.info("worker %s: %s", handle.interface, handle.state.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Collection
 
 
 @dataclasses.dataclass
@@ -22,3 +23,13 @@ class SupervisorStats:
     # Unsolicited NAs asked of the upstream, by (member the address is behind, outcome:
     # sent or rate_limited).
     announcements: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
+
+    def keep_interfaces(self, bound: Collection[str]) -> None:
+        """Forget the counts of interfaces no longer bound: guests come and go under names
+        never seen again, and each name's series would otherwise stay for good."""
+        for by_name in (self.loops, self.probes):
+            for name in [name for name in by_name if name not in bound]:
+                del by_name[name]
+        for by_pair in (self.claims, self.announcements):
+            for key in [key for key in by_pair if key[0] not in bound]:
+                del by_pair[key]

@@ -111,6 +111,7 @@ class WorkerHandle:
     backoff_s: float = FIRST_RESTART_S
     restart_times: deque[float] = field(default_factory=deque)
     seq: int = -1  # last delta sequence sent; -1 before the snapshot
+    pending: list[Any] = field(default_factory=list)  # broadcast changes not yet sent
     counters: dict[str, Any] = field(default_factory=dict)
     drops: dict[str, Any] = field(default_factory=dict)
     histograms: dict[str, Any] = field(default_factory=dict)

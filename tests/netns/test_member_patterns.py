@@ -1,41 +1,8 @@
 """Member patterns on real kernel hosts: guests whose interfaces come and go after start."""
 
-import time
-
+from guestlife import arrive, bound, leave, worker_interfaces
 from lab import ROUTER_ADDRESS, wait_for
 from labdaemon import Daemon, GroupSpec
-
-
-def worker_interfaces(daemon: Daemon) -> set[str]:
-    return {w["interface"] for w in daemon.call("workers") if w.get("pid")}
-
-
-def bound(daemon: Daemon) -> dict[str, str | None]:
-    return {i["name"]: i["bound_by"] for i in daemon.call("interfaces")}
-
-
-def arrive(lab, guest) -> float:
-    """Create the guest's link; seconds until it has SLAAC and is reachable both ways."""
-    started = time.monotonic()
-    lab.add_guest_link(guest)
-    lab.ns(lab.proxy, "ip", "link", "set", guest.port, "up")
-    lab.ns(guest.name, "ip", "link", "set", "eth0", "up")
-    address = lab.wait_slaac(guest, timeout=10)
-    lab.wait_ping(guest.name, ROUTER_ADDRESS, timeout=10)
-    lab.wait_ping(lab.router, address, timeout=10)
-    return time.monotonic() - started
-
-
-def leave(lab, daemon: Daemon, guest) -> float:
-    started = time.monotonic()
-    lab.ns(lab.proxy, "ip", "link", "del", guest.port)
-    wait_for(
-        lambda: guest.port not in worker_interfaces(daemon) and guest.port not in bound(daemon),
-        5,
-        f"the worker for {guest.port} to stop and the interface to be released",
-        interval=0.05,
-    )
-    return time.monotonic() - started
 
 
 def test_guests_bound_by_a_pattern_come_and_go(make_lab):

@@ -9,6 +9,7 @@ import zmq.asyncio
 from supervisor_parts import committer_for, lan_config
 
 from portier import schema
+from portier.replication import change_flush, change_topology, topology_from_wire
 from portier.supervisor.announce import Announcer
 from portier.supervisor.channel import WorkerChannel
 from portier.supervisor.claims import ClaimDesk
@@ -311,3 +312,30 @@ def test_a_claim_for_an_owned_address_is_checked_with_the_owners_worker(rig, own
         assert (entry.interface, entry.mac) == ("vm2", MAC2)
         assert rig.stats.claims == {("vm2", "moved"): 1}
     assert rig.stats.probes == {"vm1": 1}
+
+
+def test_broadcasts_wait_for_an_idle_loop_and_go_out_as_one_delta_in_order(rig):
+    """Many broadcasts in a row reach a worker as one delta with one topology op (the
+    latest), and before anything else sent to it afterwards."""
+
+    async def scenario() -> list[dict]:
+        loop = asyncio.create_task(rig.channel.receive(rig.reports.handle))
+        vm1 = rig.worker("vm1")
+        await vm1.send(schema.encode(hello("vm1", 1)))
+        assert (await rig.receive(vm1))["kind"] == "snapshot"
+        vm2 = rig.state.topology.interfaces["vm2"]
+        for mtu in (1400, 1300):
+            vm2.mtu = mtu
+            await rig.channel.broadcast([change_topology(rig.state.topology)])
+            await rig.channel.broadcast([change_flush("lan")])
+        await rig.channel.send("vm1", {"kind": "heartbeat"})
+        received = [await rig.receive(vm1), await rig.receive(vm1)]
+        loop.cancel()
+        return received
+
+    delta, heartbeat = asyncio.run(scenario())
+    assert heartbeat["kind"] == "heartbeat"
+    assert delta["kind"] == "delta" and delta["seq"] == 1
+    ops = [change["op"] for change in delta["changes"]]
+    assert ops == ["topology", "flush", "flush"], ops
+    assert topology_from_wire(delta["changes"][0]["topology"]).interfaces["vm2"].mtu == 1300

@@ -130,3 +130,18 @@ def test_claims_by_outcome_and_owned_addresses_per_member(tmp_path):
         if name == "portier_owned_addresses"
     }
     assert owned == {("vm1", "lan"): 3}
+
+
+def test_counts_of_interfaces_that_went_are_forgotten():
+    stats = SupervisorStats()
+    for name in ("vm1", "vnet7"):
+        stats.loops[name] += 1
+        stats.probes[name] += 1
+        stats.claims[(name, "refused")] += 1
+        stats.announcements[(name, "sent")] += 1
+    stats.learned["lan"] += 3
+    stats.keep_interfaces({"vm1", "up0"})
+    assert set(stats.loops) == set(stats.probes) == {"vm1"}
+    assert set(stats.claims) == {("vm1", "refused")}
+    assert set(stats.announcements) == {("vm1", "sent")}
+    assert stats.learned["lan"] == 3

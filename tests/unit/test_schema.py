@@ -11,6 +11,7 @@ from portier.schema import (
     decode_reply,
     decode_request,
     decode_worker,
+    delta_encoder,
     encode,
     neighbor_from_wire,
     neighbor_to_wire,
@@ -217,3 +218,11 @@ def test_the_supervisor_state_checks_link_reports_itself():
     with pytest.raises(SchemaError):
         state.on_link("vm1", _link(mac=HUGE))
     assert state.topology.interfaces["vm1"].addresses == frozenset()
+
+
+@pytest.mark.parametrize("seq", [0, 1, 127, 128, 65536, 2**40])
+def test_a_delta_packed_once_is_the_delta_encoded_whole(seq):
+    changes = [["neighbor", "lan", b"\x20\x01" + bytes(14), "vm1", 1.5], ["release", "vm9"]]
+    whole = encode({"kind": "delta", "seq": seq, "changes": changes})
+    assert delta_encoder(changes)(seq) == whole
+    assert decode_worker(whole)["seq"] == seq

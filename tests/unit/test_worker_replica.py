@@ -14,6 +14,7 @@ from portier.replication import (
     change_neighbor,
     change_neighbor_removed,
     change_topology,
+    coalesce,
     delta_message,
     heartbeat_message,
     snapshot_message,
@@ -185,3 +186,20 @@ def test_a_silent_supervisor_is_outlived_and_asked_for_a_snapshot(worker):
     assert not worker.supervisor_silent
     worker.on_message(schema.encode(heartbeat_message()))
     assert len(worker.sent) == 1  # once per silence
+
+
+def test_coalesced_topology_ops_leave_a_replica_as_all_of_them_in_order():
+    first, last = Topology(), Topology()
+    first.bind("vm1")
+    last.bind("vm1")
+    last.bind("vm2")
+    changes = [
+        change_topology(first),
+        change_flush("lan"),
+        change_topology(last),
+        change_flush(None),
+    ]
+    merged = coalesce(changes)
+    assert [c["op"] for c in merged] == ["topology", "flush", "flush"]
+    assert merged[0] is changes[2] and merged[1:] == [changes[1], changes[3]]
+    assert coalesce(changes[:2]) == changes[:2]
