@@ -31,6 +31,7 @@ from prometheus_client.core import (
 from portier import __version__
 from portier.groups import DisableReason
 from portier.schema import ND_RELAY_BUCKETS_S
+from portier.supervisor.links import LinkFollower
 from portier.supervisor.loops import LoopSupervisor
 from portier.supervisor.state import ProxyState
 from portier.supervisor.stats import SupervisorStats
@@ -60,6 +61,7 @@ class MetricSources:
     state_save: Viewable
     loops: LoopSupervisor
     control_servers: Iterable[RequestCounter]
+    links: LinkFollower
 
 
 def drops_by_interface(pool: WorkerPool) -> dict[tuple[str, str], int]:
@@ -235,6 +237,16 @@ class PortierCollector:
             owned.add_metric([name, group], value)
         yield owned
 
+        links = sup.links
+        yield GaugeMetricFamily("portier_host_links", "Links on the host", value=len(links.links))
+        yield CounterMetricFamily(
+            "portier_link_dumps", "Full dumps of the host's links", value=links.dumps
+        )
+        yield CounterMetricFamily(
+            "portier_link_overruns",
+            "Times link notifications were lost (ENOBUFS) and the links dumped again",
+            value=links.overruns,
+        )
         workers = GaugeMetricFamily(
             "portier_workers", "Worker processes by state", labels=["state"]
         )

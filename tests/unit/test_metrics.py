@@ -7,6 +7,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from supervisor_parts import RecordingFastPath, ScriptedSaver, lan_config
 
+from portier.supervisor.links import LinkFollower
 from portier.supervisor.loops import LoopSupervisor
 from portier.supervisor.metrics import MetricSources, MetricsServer
 from portier.supervisor.state import ProxyState
@@ -35,7 +36,12 @@ def sources(tmp_path, pool: WorkerPool, loops: LoopSupervisor | None = None) -> 
         state_save=ScriptedSaver(),
         loops=loops or LoopSupervisor(on_fatal=lambda code: None),
         control_servers=[],
+        links=LinkFollower(ignore_links),
     )
+
+
+async def ignore_links(links: object) -> None:
+    pass
 
 
 def test_drops_are_labelled_by_the_interface_they_name_one_series_each(tmp_path):
