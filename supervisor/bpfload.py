@@ -117,12 +117,28 @@ class TcObject:
     def delete(self, name: str, key: bytes) -> None:
         self._lib.bpf_map_delete_elem(self.map_fd(name), key)
 
-    def test_run(self, frame: bytes, ingress_ifindex: int) -> tuple[int, bytes]:
-        """Run the program on one frame (BPF_PROG_TEST_RUN): verdict and bytes out."""
+    def test_run(
+        self,
+        frame: bytes,
+        ingress_ifindex: int,
+        *,
+        ifindex: int = 0,
+        gso_size: int = 0,
+        gso_segs: int = 0,
+    ) -> tuple[int, bytes]:
+        """Run the program on one frame (BPF_PROG_TEST_RUN): verdict and bytes out.
+
+        `ifindex` puts the skb on that device of the caller's network namespace (0: the
+        kernel's default, loopback), so that a clone the program redirects really goes
+        out there; `gso_size`/`gso_segs` make it look like a GRO super-packet.
+        """
         inbuf = ctypes.create_string_buffer(frame, len(frame))
         out = ctypes.create_string_buffer(len(frame) + 256)
         ctx = (ctypes.c_uint32 * 48)()  # struct __sk_buff, zeroed
         ctx[9] = ingress_ifindex  # __sk_buff.ingress_ifindex (offset 36)
+        ctx[10] = ifindex  # __sk_buff.ifindex (offset 40)
+        ctx[41] = gso_segs  # __sk_buff.gso_segs (offset 164)
+        ctx[44] = gso_size  # __sk_buff.gso_size (offset 176)
         opts = _TestRunOpts(
             sz=ctypes.sizeof(_TestRunOpts),
             data_in=ctypes.cast(inbuf, ctypes.c_void_p),

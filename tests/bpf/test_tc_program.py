@@ -1,19 +1,23 @@
-"""The tc program, run through BPF_PROG_TEST_RUN (no namespace): crafted frames
-in, verdict and bytes out."""
+"""The tc program loads (the verifier accepts it), its maps have the layout the
+supervisor packs, and a crafted frame runs through it (BPF_PROG_TEST_RUN, no
+namespace).  The engine-held cases are in test_tc_oracle.py, the NS responder's in
+test_tc_answers.py."""
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import struct
 from pathlib import Path
 
 import pytest
+from bpfstate import MEMBER, MEMBER_ENABLED, PREFIX_KEY, ROUTE, ROUTE_KEY, SOURCE_KEY
 
 from portier.supervisor import bpfload
 
 # Root only (tests/conftest.py gates the bpf layer); a missing clang fails the compile loudly.
 
-IN_IF, OUT_IF, GROUP = 11, 12, 1
+IN_IF, OUT_IF, GROUP = 900011, 900012, 1
 DST = ipaddress.IPv6Address("2001:db8::20")
 NEIGH_MAC = bytes.fromhex("020000000020")
 OUT_MAC = bytes.fromhex("0200000000ee")
@@ -33,15 +37,45 @@ def _frame(
     return dmac + SRC_MAC + b"\x86\xdd" + ip6 + payload
 
 
+def _member(mac: bytes = PROXY_IN_MAC) -> bytes:
+    return MEMBER.pack(GROUP, MEMBER_ENABLED, mac, bytes(16))
+
+
 @pytest.fixture(scope="module")
 def tc(tmp_path_factory: pytest.TempPathFactory) -> bpfload.TcObject:
     obj = bpfload.compile_object(Path(tmp_path_factory.mktemp("bpf")) / "portier_tc.o")
     loaded = bpfload.TcObject(obj)
-    loaded.update("members", struct.pack("I", IN_IF), struct.pack("II", GROUP, 1))
-    key = struct.pack("I", GROUP) + DST.packed
-    loaded.update("routes", key, struct.pack("II", OUT_IF, 1500) + NEIGH_MAC + OUT_MAC)
+    loaded.update("members", struct.pack("I", IN_IF), _member())
+    key = ROUTE_KEY.pack(GROUP, DST.packed)
+    loaded.update("routes", key, ROUTE.pack(OUT_IF, 1500, NEIGH_MAC, OUT_MAC, 0, 0, 0))
     yield loaded
     loaded.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "key_size", "value_size", "entries"),
+    [
+        ("members", 4, MEMBER.size, 1024),
+        ("routes", ROUTE_KEY.size, ROUTE.size, 65536),
+        ("foreign", SOURCE_KEY.size, 1, 65536),
+        ("onlink", PREFIX_KEY.size, 1, 1024),
+        ("liveness", 4, 8, 1),
+        ("answered", 4, 8, 1),
+    ],
+)
+def test_maps_have_the_layout_the_supervisor_packs(
+    tc: bpfload.TcObject, name: str, key_size: int, value_size: int, entries: int
+) -> None:
+    lib = ctypes.CDLL(tc._lib._name)
+    for call in ("key_size", "value_size", "max_entries"):
+        getattr(lib, f"bpf_map__{call}").argtypes = [ctypes.c_void_p]
+        getattr(lib, f"bpf_map__{call}").restype = ctypes.c_uint32
+    lib.bpf_object__find_map_by_name.restype = ctypes.c_void_p
+    lib.bpf_object__find_map_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    found = lib.bpf_object__find_map_by_name(tc._obj, name.encode())
+    assert found
+    sizes = [getattr(lib, f"bpf_map__{call}")(found) for call in ("key_size", "value_size")]
+    assert (*sizes, lib.bpf_map__max_entries(found)) == (key_size, value_size, entries)
 
 
 def test_learned_neighbor_is_redirected_with_both_macs_and_hop_limit_kept(
@@ -57,10 +91,10 @@ def test_learned_neighbor_is_redirected_with_both_macs_and_hop_limit_kept(
     ("frame", "ifindex"),
     [
         (_frame(dst=ipaddress.IPv6Address("2001:db8::99")), IN_IF),  # miss
-        (_frame(nh=58), IN_IF),  # ICMPv6 / ND goes to the workers
+        (_frame(nh=58, payload=b"\x87" + bytes(31)), IN_IF),  # ND goes to the workers
         (_frame(dmac=bytes.fromhex("333300000001")), IN_IF),  # multicast
         (_frame(), 99),  # not a member
-        (_frame(), OUT_IF),  # neighbor on the ingress link itself
+        (_frame(dmac=OUT_MAC), OUT_IF),  # neighbor on the ingress link itself
         (_frame(payload=b"x" * 1500), IN_IF),  # too big for the egress
         (PROXY_IN_MAC + SRC_MAC + b"\x08\x06" + b"\x00" * 46, IN_IF),  # not IPv6
     ],
@@ -69,7 +103,7 @@ def test_everything_else_passes_up_unchanged(
     tc: bpfload.TcObject, frame: bytes, ifindex: int
 ) -> None:
     if ifindex == OUT_IF:
-        tc.update("members", struct.pack("I", OUT_IF), struct.pack("II", GROUP, 1))
+        tc.update("members", struct.pack("I", OUT_IF), _member(OUT_MAC))
     verdict, out = tc.test_run(frame, ifindex)
     assert verdict == bpfload.TC_ACT_OK
     assert out == frame

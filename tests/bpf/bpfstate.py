@@ -1,0 +1,200 @@
+"""The tc program's maps filled from a Topology and a NeighborCache, as the supervisor
+fills them, and the small topology the oracle tests share.
+
+The packing below is the map layout of supervisor/bpf/portier_tc.c, in native
+alignment (`@`): the C structs have no packed attributes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+
+from portier.addresses import parse_ipv6, parse_mac
+from portier.answers import ANSWER_FRESH_S
+from portier.groups import Topology
+from portier.neighbors import Neighbor, NeighborCache
+from portier.ownership import protected
+from portier.supervisor import bpfload
+
+MEMBER = struct.Struct("@II6s2x16s")
+ROUTE_KEY = struct.Struct("@I16s")
+ROUTE = struct.Struct("@II6s6sIIQ")
+SOURCE_KEY = struct.Struct("@I16s")
+PREFIX_KEY = struct.Struct("@II16s")
+assert (MEMBER.size, ROUTE_KEY.size, ROUTE.size, SOURCE_KEY.size, PREFIX_KEY.size) == (
+    32,
+    20,
+    40,
+    20,
+    24,
+)
+MEMBER_ENABLED, MEMBER_HAS_ROUTER = 1, 2
+ROUTE_CHECKING, ROUTE_ROUTER = 1, 2
+NS_PER_S = 1_000_000_000
+
+
+def ns(seconds: float) -> int:
+    """A time of the engine's clock (time.monotonic, CLOCK_MONOTONIC) in the kernel's."""
+    return int(seconds * NS_PER_S)
+
+
+def fill_maps(
+    tc: bpfload.TcObject,
+    topology: Topology,
+    neighbors: NeighborCache,
+    now: float,
+    group_numbers: dict[str, int],
+    *,
+    live_until: float | None = None,
+) -> None:
+    """Program everything the state says, the way desired_state() reads it for nft.
+
+    `live_until` (engine clock) is the supervisor's liveness: None means now + 10 s.
+    """
+    usable = {
+        name: i
+        for name, i in topology.interfaces.items()
+        if i.enabled and i.ifindex and len(i.mac) == 6
+    }
+    routes: dict[tuple[str, bytes], Neighbor] = {}
+    for entry in neighbors:
+        egress = usable.get(entry.interface)
+        if egress is not None and egress.group == entry.group:
+            routes[(entry.group, entry.address)] = entry
+    for group in topology.groups.values():
+        members = [name for name in group.members if name in usable]
+        if len(members) < 2:
+            continue
+        number = group_numbers[group.name]
+        router = None
+        if group.upstream in usable:
+            router = neighbors.best_router(group.name, group.upstream, now)
+            if router is not None and (group.name, router.address) not in routes:
+                router = None
+        owned = [
+            (e.address, e.interface)
+            for e in neighbors
+            if e.group == group.name and protected(topology, e)
+        ]
+        for name in members:
+            member = usable[name]
+            flags = MEMBER_ENABLED
+            if router is not None and name != group.upstream:
+                flags |= MEMBER_HAS_ROUTER
+            address = router.address if flags & MEMBER_HAS_ROUTER else bytes(16)
+            tc.update(
+                "members",
+                struct.pack("@I", member.ifindex),
+                MEMBER.pack(number, flags, member.mac, address),
+            )
+            for owned_address, owner in owned:
+                if owner != name:
+                    tc.update("foreign", SOURCE_KEY.pack(member.ifindex, owned_address), b"\x01")
+        for prefix, length in group.onlink_prefixes:
+            tc.update("onlink", PREFIX_KEY.pack(32 + length, number, prefix), b"\x01")
+    for (group_name, address), entry in routes.items():
+        if group_name not in group_numbers:
+            continue
+        egress = usable[entry.interface]
+        flags = (ROUTE_ROUTER if entry.is_router else 0) | (
+            ROUTE_CHECKING if entry.check_until else 0
+        )
+        # answers.py answers while now - last_seen <= ANSWER_FRESH_S; the kernel while
+        # now < fresh_until: one nanosecond more says the same.
+        fresh_until = ns(entry.last_seen + ANSWER_FRESH_S) + 1
+        tc.update(
+            "routes",
+            ROUTE_KEY.pack(group_numbers[group_name], address),
+            ROUTE.pack(egress.ifindex, egress.mtu, entry.mac, egress.mac, flags, 0, fresh_until),
+        )
+    set_liveness(tc, ns(now + 10.0) if live_until is None else ns(live_until))
+
+
+def set_liveness(tc: bpfload.TcObject, until_ns: int) -> None:
+    tc.update("liveness", struct.pack("@I", 0), struct.pack("@Q", until_ns))
+
+
+def answered(tc: bpfload.TcObject) -> int:
+    """The `answered` per-CPU counter, summed over the CPUs."""
+    lib = ctypes.CDLL(tc._lib._name, use_errno=True)
+    lib.libbpf_num_possible_cpus.restype = ctypes.c_int
+    cpus = lib.libbpf_num_possible_cpus()
+    assert cpus > 0
+    lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    key = ctypes.c_uint32(0)
+    values = (ctypes.c_uint64 * cpus)()
+    err = lib.bpf_map_lookup_elem(tc.map_fd("answered"), ctypes.byref(key), values)
+    assert err == 0, f"bpf_map_lookup_elem(answered): {err}"
+    return sum(values)
+
+
+# --- the topology the oracle tests share ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: bytes
+    mac: bytes
+    member: str
+    is_router: bool = False
+
+
+GROUP = "g"
+GROUP_NUMBER = 7
+UP, DOWN1, DOWN2 = "up0", "dn1", "dn2"
+MACS = {
+    UP: parse_mac("02:00:00:00:00:01"),
+    DOWN1: parse_mac("02:00:00:00:00:02"),
+    DOWN2: parse_mac("02:00:00:00:00:03"),
+}
+MTUS = {UP: 1500, DOWN1: 1500, DOWN2: 1400}
+PREFIX = parse_ipv6("2001:db8:1::")
+HOSTS = {
+    h.name: h
+    for h in (
+        Host("router", parse_ipv6("fe80::1"), parse_mac("0a:00:00:00:00:01"), UP, True),
+        Host("peer", parse_ipv6("2001:db8:1::99"), parse_mac("0a:00:00:00:00:99"), UP),
+        Host("h1", parse_ipv6("2001:db8:1::11"), parse_mac("0a:00:00:00:00:11"), DOWN1),
+        Host("h3", parse_ipv6("2001:db8:1::13"), parse_mac("0a:00:00:00:00:13"), DOWN1),
+        Host("h2", parse_ipv6("2001:db8:1::22"), parse_mac("0a:00:00:00:00:22"), DOWN2),
+    )
+}
+
+
+def build_state(
+    ifindexes: dict[str, int], now: float, *, last_seen: float | None = None
+) -> tuple[Topology, NeighborCache]:
+    """One group: the upstream with its router and a peer, two downstream members with
+    their guests; 2001:db8:1::/64 on-link.  Every neighbor last seen `last_seen` (now)."""
+    topology = Topology()
+    topology.create_group(GROUP)
+    for name in (UP, DOWN1, DOWN2):
+        topology.bind(name)
+        topology.update_link(
+            name,
+            ifindex=ifindexes[name],
+            mac=MACS[name],
+            mtu=MTUS[name],
+            addresses=[parse_ipv6(f"fe80::ff:{ifindexes[name] & 0xFFFF:x}")],
+        )
+        topology.add_to_group(name, GROUP, upstream=name == UP)
+    topology.groups[GROUP].onlink_prefixes[(PREFIX, 64)] = float("inf")
+    neighbors = NeighborCache()
+    seen = now if last_seen is None else last_seen
+    for host in HOSTS.values():
+        neighbors.put(
+            Neighbor(
+                GROUP,
+                host.address,
+                host.member,
+                host.mac,
+                host.is_router,
+                first_seen=seen,
+                last_seen=seen,
+                reported_at=seen,
+            )
+        )
+    return topology, neighbors
