@@ -52,7 +52,15 @@ def fill_maps(
     """Program everything the state says, the way desired_state() reads it for nft.
 
     `live_until` (engine clock) is the supervisor's liveness: None means now + 10 s.
+    Whatever the hash and trie maps held before goes first.
     """
+    for name, key_size in (
+        ("members", 4),
+        ("routes", ROUTE_KEY.size),
+        ("foreign", SOURCE_KEY.size),
+        ("onlink", PREFIX_KEY.size),
+    ):
+        clear_map(tc, name, key_size)
     usable = {
         name: i
         for name, i in topology.interfaces.items()
@@ -70,9 +78,9 @@ def fill_maps(
         number = group_numbers[group.name]
         router = None
         if group.upstream in usable:
-            router = neighbors.best_router(group.name, group.upstream, now)
-            if router is not None and (group.name, router.address) not in routes:
-                router = None
+            best = neighbors.best_router(group.name, group.upstream, now)
+            if best is not None and (group.name, best.address) in routes:
+                router = best
         owned = [
             (e.address, e.interface)
             for e in neighbors
@@ -83,7 +91,9 @@ def fill_maps(
             flags = MEMBER_ENABLED
             if router is not None and name != group.upstream:
                 flags |= MEMBER_HAS_ROUTER
-            address = router.address if flags & MEMBER_HAS_ROUTER else bytes(16)
+            address = (
+                router.address if router is not None and flags & MEMBER_HAS_ROUTER else bytes(16)
+            )
             tc.update(
                 "members",
                 struct.pack("@I", member.ifindex),
@@ -112,17 +122,30 @@ def fill_maps(
     set_liveness(tc, ns(now + 10.0) if live_until is None else ns(live_until))
 
 
+def _libbpf(tc: bpfload.TcObject) -> ctypes.CDLL:
+    lib = ctypes.CDLL(tc._lib._name, use_errno=True)
+    lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    lib.libbpf_num_possible_cpus.restype = ctypes.c_int
+    return lib
+
+
+def clear_map(tc: bpfload.TcObject, name: str, key_size: int) -> None:
+    lib, fd = _libbpf(tc), tc.map_fd(name)
+    key = ctypes.create_string_buffer(key_size)
+    while lib.bpf_map_get_next_key(fd, None, key) == 0:
+        tc.delete(name, key.raw)
+
+
 def set_liveness(tc: bpfload.TcObject, until_ns: int) -> None:
     tc.update("liveness", struct.pack("@I", 0), struct.pack("@Q", until_ns))
 
 
 def answered(tc: bpfload.TcObject) -> int:
     """The `answered` per-CPU counter, summed over the CPUs."""
-    lib = ctypes.CDLL(tc._lib._name, use_errno=True)
-    lib.libbpf_num_possible_cpus.restype = ctypes.c_int
+    lib = _libbpf(tc)
     cpus = lib.libbpf_num_possible_cpus()
     assert cpus > 0
-    lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     key = ctypes.c_uint32(0)
     values = (ctypes.c_uint64 * cpus)()
     err = lib.bpf_map_lookup_elem(tc.map_fd("answered"), ctypes.byref(key), values)

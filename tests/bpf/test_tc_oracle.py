@@ -35,6 +35,7 @@ from portier.frame import NH_ICMPV6, IPv6Header, build_frame
 from portier.groups import Topology
 from portier.ndmsg import (
     LinkLayerAddressOption,
+    NDMessage,
     NeighborAdvertisement,
     NeighborSolicitation,
     OptionType,
@@ -135,7 +136,7 @@ def nd_frame(kind: int, src: str, dst: str) -> bytes:
     """A valid unicast ND message of `kind` from guest `src` to guest `dst`."""
     s, d = HOSTS[src], HOSTS[dst]
     slla = (LinkLayerAddressOption(OptionType.SOURCE_LINK_LAYER, s.mac),)
-    message = {
+    messages: dict[int, NDMessage] = {
         133: RouterSolicitation(slla),
         134: RouterAdvertisement(options=slla),
         135: NeighborSolicitation(d.address, slla),
@@ -143,8 +144,8 @@ def nd_frame(kind: int, src: str, dst: str) -> bytes:
             s.address, 0x60, (LinkLayerAddressOption(OptionType.TARGET_LINK_LAYER, s.mac),)
         ),
         137: Redirect(d.address, d.address),
-    }[kind]
-    icmp = encode_nd(message, s.address, d.address)
+    }
+    icmp = encode_nd(messages[kind], s.address, d.address)
     header = IPv6Header(s.address, d.address, NH_ICMPV6, 255, len(icmp))
     return build_frame(MACS[s.member], s.mac, header, icmp)
 

@@ -1,0 +1,357 @@
+"""The tc program's NS responder, held to the Python early answer (portier/answers.py).
+
+The NA goes out with bpf_clone_redirect, which BPF_PROG_TEST_RUN really performs when
+the skb sits on a real device.  So these tests make a private network namespace with a
+veth pair (IPv6 off, so that nothing else speaks on it), run the program as if the NS
+arrived on one end (the ingress member), and capture what comes out of the other end
+with a packet socket.  The namespace goes when the module is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from bpfstate import (
+    DOWN1,
+    DOWN2,
+    GROUP,
+    GROUP_NUMBER,
+    HOSTS,
+    MACS,
+    UP,
+    answered,
+    build_state,
+    fill_maps,
+    ns,
+    set_liveness,
+)
+
+from portier.addresses import ALL_NODES, multicast_mac, solicited_node
+from portier.answers import ANSWER_FRESH_S, EarlyAnswers, build_answer_table
+from portier.engine import Engine, Transmit
+from portier.frame import NH_ICMPV6, IPv6Header, build_frame
+from portier.ndmsg import LinkLayerAddressOption, NeighborSolicitation, OptionType, encode_nd
+from portier.supervisor import bpfload
+
+CLONE_NEWNET = 0x40000000
+ETH_P_ALL = 0x0003
+CAPTURE_WAIT_S = 1.0  # an NA that is sent arrives within microseconds
+SILENCE_WAIT_S = 0.1  # how long "nothing was sent" is listened for
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Namespace:
+    """A private network namespace with veth pair pta (the ingress) / ptb (the capture)."""
+
+    def __init__(self) -> None:
+        self.name = f"ptbpf{os.getpid()}"
+        self.created = False
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+    def create(self) -> None:
+        self._ip("netns", "add", self.name)
+        self.created = True
+        subprocess.run(
+            ["ip", "netns", "exec", self.name, "sysctl", "-qw"]
+            + [f"net.ipv6.conf.{c}.disable_ipv6=1" for c in ("all", "default")],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
+        self._ip("-n", self.name, "link", "add", "pta", "type", "veth", "peer", "name", "ptb")
+        for device in ("pta", "ptb"):
+            self._ip("-n", self.name, "link", "set", device, "up")
+        with self.entered():
+            self.ingress = socket.if_nametoindex("pta")
+            self.capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            self.capture.bind(("ptb", 0))
+            self.capture.setblocking(False)
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """This thread inside the namespace (setns is per thread), and back after."""
+        with open("/proc/self/ns/net") as home, open(f"/run/netns/{self.name}") as there:
+            if _libc.setns(there.fileno(), CLONE_NEWNET):
+                raise OSError(ctypes.get_errno(), "setns into the test namespace")
+            try:
+                yield
+            finally:
+                if _libc.setns(home.fileno(), CLONE_NEWNET):
+                    raise OSError(ctypes.get_errno(), "setns back home")
+
+    def destroy(self) -> None:
+        if getattr(self, "capture", None) is not None:
+            self.capture.close()
+        if self.created:
+            subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=10)
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.capture.recv(65536)
+
+    def sent(self, wait_s: float) -> list[bytes]:
+        """The NAs that came out of the ingress within `wait_s` (stops at the first)."""
+        deadline = time.monotonic() + wait_s
+        found: list[bytes] = []
+        while not found and (left := deadline - time.monotonic()) > 0:
+            if not select.select([self.capture], [], [], left)[0]:
+                break
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    frame = self.capture.recv(65536)
+                    if frame[12:14] == b"\x86\xdd" and frame[20] == NH_ICMPV6 and frame[54] == 136:
+                        found.append(frame)
+        return found
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[Namespace]:
+    space = Namespace()
+    try:
+        space.create()
+        yield space
+    finally:
+        space.destroy()
+
+
+@pytest.fixture(scope="module")
+def tc_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bpfload.compile_object(Path(tmp_path_factory.mktemp("bpf")) / "portier_tc.o")
+
+
+class Responder:
+    """One state for the program and for the Python early answer; dn1 is the veth."""
+
+    def __init__(self, obj: Path, netns: Namespace) -> None:
+        self.netns = netns
+        self.now = time.monotonic()
+        self.ifindex = {UP: 900021, DOWN1: netns.ingress, DOWN2: 900023}
+        self.topology, self.neighbors = build_state(self.ifindex, self.now)
+        self.tc = bpfload.TcObject(obj)
+        self.live_until: float | None = None
+
+    def program(self) -> None:
+        fill_maps(
+            self.tc,
+            self.topology,
+            self.neighbors,
+            self.now,
+            {GROUP: GROUP_NUMBER},
+            live_until=self.live_until,
+        )
+
+    def python_answer(self, frame: bytes) -> bytes | None:
+        """What the worker's answer thread sends, checked against the engine's own answer
+        where the engine answers (it does not when it refuses the NS's source claim)."""
+        early = EarlyAnswers()
+        early.publish(build_answer_table(self.topology, self.neighbors, DOWN1))
+        answer = early.answer(frame, self.now)
+        engine = Engine(self.topology, self.neighbors)
+        actions = engine.handle_frame(DOWN1, frame, self.now)
+        back = [a.frame for a in actions if isinstance(a, Transmit) and a.interface == DOWN1]
+        if back:
+            assert back == [answer]
+        return answer
+
+    def ask(self, frame: bytes) -> bytes | None:
+        """Run the NS through the program; the NA it sent (None if none).  The NS itself
+        must always come out unchanged, for the workers."""
+        self.program()
+        self.netns.drain()
+        with self.netns.entered():
+            verdict, out = self.tc.test_run(frame, self.netns.ingress, ifindex=self.netns.ingress)
+        assert verdict == bpfload.TC_ACT_OK
+        assert out == frame
+        python = self.python_answer(frame)
+        sent = self.netns.sent(CAPTURE_WAIT_S if python is not None else SILENCE_WAIT_S)
+        assert len(sent) <= 1
+        return sent[0] if sent else None
+
+    def close(self) -> None:
+        self.tc.close()
+
+
+@pytest.fixture
+def responder(tc_object: Path, netns: Namespace) -> Iterator[Responder]:
+    made = Responder(tc_object, netns)
+    yield made
+    made.close()
+
+
+def solicitation(
+    asker: str = "h1",
+    target: str = "h2",
+    *,
+    src: bytes | None = None,
+    dst: bytes | None = None,
+    slla: bytes | None = None,
+    options: tuple | None = None,
+    src_mac: bytes | None = None,
+    dst_mac: bytes | None = None,
+    hop_limit: int = 255,
+    checksum_delta: int = 0,
+) -> bytes:
+    """A multicast NS from guest `asker` for `target` as it arrives on the asker's member."""
+    host = HOSTS[asker]
+    address = HOSTS[target].address
+    source = host.address if src is None else src
+    group = solicited_node(address) if dst is None else dst
+    if options is None:
+        options = (LinkLayerAddressOption(OptionType.SOURCE_LINK_LAYER, slla or host.mac),)
+    icmp = bytearray(encode_nd(NeighborSolicitation(address, options), source, group))
+    icmp[2:4] = ((int.from_bytes(icmp[2:4], "big") + checksum_delta) & 0xFFFF).to_bytes(2, "big")
+    header = IPv6Header(source, group, NH_ICMPV6, hop_limit, len(icmp), traffic_class=0x20)
+    return build_frame(
+        multicast_mac(group) if dst_mac is None else dst_mac,
+        host.mac if src_mac is None else src_mac,
+        header,
+        bytes(icmp),
+    )
+
+
+# --- answered ------------------------------------------------------------------------
+
+
+def test_ns_is_answered_with_the_python_answer_and_still_goes_up(responder: Responder) -> None:
+    frame = solicitation()
+    assert len(frame) == 86
+    na = responder.ask(frame)
+    python = responder.python_answer(frame)
+    assert python is not None
+    assert na == python  # byte for byte: MACs, addresses, flags S, TLLA, checksum
+    assert na[0:6] == HOSTS["h1"].mac and na[6:12] == MACS[DOWN1]
+    assert na[58] == 0x40  # solicited, override clear, not a router
+    assert bpfstate_answered(responder) == 1
+
+
+def test_router_target_gets_the_r_flag(responder: Responder) -> None:
+    frame = solicitation(target="router")
+    na = responder.ask(frame)
+    assert na is not None and na == responder.python_answer(frame)
+    assert na[58] == 0xC0
+
+
+def test_answer_goes_to_the_slla_when_it_is_unicast_else_to_the_ethernet_source(
+    responder: Responder,
+) -> None:
+    other = bytes.fromhex("0a00000000aa")
+    for slla, expected in ((other, other), (bytes.fromhex("333300000001"), HOSTS["h1"].mac)):
+        frame = solicitation(slla=slla)
+        na = responder.ask(frame)
+        assert na is not None and na == responder.python_answer(frame)
+        assert na[0:6] == expected
+
+
+def test_neighbor_under_an_owner_check_is_answered_as_python_answers_it(
+    responder: Responder,
+) -> None:
+    """ROUTE_CHECKING set: the Python engine still answers (answers.py never looks at
+    the check), so the kernel does too, with the same bytes."""
+    entry = responder.neighbors.get(GROUP, HOSTS["h2"].address)
+    assert entry is not None
+    entry.claimant, entry.claimant_mac, entry.check_until = DOWN1, HOSTS["h1"].mac, 1e12
+    frame = solicitation()
+    na = responder.ask(frame)
+    assert na is not None and na == responder.python_answer(frame)
+
+
+# --- not answered --------------------------------------------------------------------
+
+
+def _not_answered(responder: Responder, frame: bytes) -> None:
+    assert responder.python_answer(frame) is None
+    assert responder.ask(frame) is None
+    assert bpfstate_answered(responder) == 0
+
+
+def test_dad_probe_is_never_answered(responder: Responder) -> None:
+    _not_answered(responder, solicitation(src=bytes(16), options=()))
+    # nor the same probe shaped like an answerable NS (an SLLA makes it invalid too)
+    _not_answered(responder, solicitation(src=bytes(16)))
+
+
+@pytest.mark.parametrize("live", ["never", "past"])
+def test_stale_liveness_is_never_answered(responder: Responder, live: str) -> None:
+    frame = solicitation()
+    responder.program()
+    set_liveness(responder.tc, 0 if live == "never" else ns(responder.now - 1.0))
+    responder.netns.drain()
+    with responder.netns.entered():
+        verdict, out = responder.tc.test_run(
+            frame, responder.netns.ingress, ifindex=responder.netns.ingress
+        )
+    assert (verdict, out) == (bpfload.TC_ACT_OK, frame)
+    assert responder.netns.sent(SILENCE_WAIT_S) == []
+    assert bpfstate_answered(responder) == 0
+    responder.live_until = responder.now - 1.0  # the same through fill_maps
+    assert responder.ask(frame) is None
+
+
+def test_stale_neighbor_is_never_answered(responder: Responder) -> None:
+    entry = responder.neighbors.get(GROUP, HOSTS["h2"].address)
+    assert entry is not None
+    entry.last_seen = responder.now - ANSWER_FRESH_S - 1.0
+    _not_answered(responder, solicitation())
+
+
+def test_target_on_the_ingress_itself_or_unknown_is_not_answered(responder: Responder) -> None:
+    _not_answered(responder, solicitation(target="h3"))  # h3 lives behind dn1 too
+    responder.neighbors.remove(GROUP, HOSTS["h2"].address)
+    _not_answered(responder, solicitation())
+
+
+def test_invalid_or_foreign_ns_is_not_answered(responder: Responder) -> None:
+    _not_answered(responder, solicitation(checksum_delta=1))
+    _not_answered(responder, solicitation(hop_limit=64))
+    _not_answered(responder, solicitation(src_mac=MACS[DOWN1]))  # our own echo
+    _not_answered(responder, solicitation(src_mac=MACS[DOWN2]))  # the target's member's
+    _not_answered(responder, solicitation(dst_mac=bytes.fromhex("0a00000000ee")))  # not to us
+
+
+def test_disabled_ingress_answers_nothing(responder: Responder) -> None:
+    responder.topology.detect_loop(DOWN1, responder.now)
+    _not_answered(responder, solicitation())
+
+
+def test_ns_shapes_left_to_the_workers_early_answer(responder: Responder) -> None:
+    """Python answers these too; the kernel answers only the one 86-byte shape, so these
+    go up unanswered and the workers answer them."""
+    for frame in (
+        solicitation(options=()),  # no SLLA
+        solicitation(dst=ALL_NODES),  # not to a solicited-node group
+    ):
+        assert responder.python_answer(frame) is not None
+        assert responder.ask(frame) is None
+    assert bpfstate_answered(responder) == 0
+
+
+def test_answered_counts_exactly_the_answers(responder: Responder) -> None:
+    frames = [
+        solicitation(),
+        solicitation(src=bytes(16), options=()),
+        solicitation(target="router"),
+        solicitation(checksum_delta=3),
+        solicitation(target="h3"),
+        solicitation(asker="h3"),
+    ]
+    sent = python = 0
+    for frame in frames:
+        sent += responder.ask(frame) is not None
+        python += responder.python_answer(frame) is not None
+    assert sent == python == bpfstate_answered(responder) == 3
+
+
+def bpfstate_answered(responder: Responder) -> int:
+    return answered(responder.tc)
