@@ -10,16 +10,14 @@ with a packet socket.  The namespace goes when the module is done.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
-import select
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bpfnetns import Namespace, drain, frames
 from bpfstate import (
     DOWN1,
     DOWN2,
@@ -42,86 +40,37 @@ from portier.frame import NH_ICMPV6, IPv6Header, build_frame
 from portier.ndmsg import LinkLayerAddressOption, NeighborSolicitation, OptionType, encode_nd
 from portier.supervisor import bpfload
 
-CLONE_NEWNET = 0x40000000
-ETH_P_ALL = 0x0003
 CAPTURE_WAIT_S = 1.0  # an NA that is sent arrives within microseconds
 SILENCE_WAIT_S = 0.1  # how long "nothing was sent" is listened for
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
-class Namespace:
-    """A private network namespace with veth pair pta (the ingress) / ptb (the capture)."""
+def _is_na(frame: bytes) -> bool:
+    return (
+        len(frame) > 54
+        and frame[12:14] == b"\x86\xdd"
+        and frame[20] == NH_ICMPV6
+        and frame[54] == 136
+    )
 
-    def __init__(self) -> None:
-        self.name = f"ptbpf{os.getpid()}"
-        self.created = False
 
-    def _ip(self, *args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+@dataclass
+class Link:
+    """pta is the ingress member; what the program sends out of it arrives on ptb."""
 
-    def create(self) -> None:
-        self._ip("netns", "add", self.name)
-        self.created = True
-        subprocess.run(
-            ["ip", "netns", "exec", self.name, "sysctl", "-qw"]
-            + [f"net.ipv6.conf.{c}.disable_ipv6=1" for c in ("all", "default")],
-            check=True,
-            capture_output=True,
-            timeout=10,
-        )
-        self._ip("-n", self.name, "link", "add", "pta", "type", "veth", "peer", "name", "ptb")
-        for device in ("pta", "ptb"):
-            self._ip("-n", self.name, "link", "set", device, "up")
-        with self.entered():
-            self.ingress = socket.if_nametoindex("pta")
-            self.capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            self.capture.bind(("ptb", 0))
-            self.capture.setblocking(False)
+    space: Namespace
+    ingress: int
+    capture: socket.socket
 
-    @contextlib.contextmanager
-    def entered(self) -> Iterator[None]:
-        """This thread inside the namespace (setns is per thread), and back after."""
-        with open("/proc/self/ns/net") as home, open(f"/run/netns/{self.name}") as there:
-            if _libc.setns(there.fileno(), CLONE_NEWNET):
-                raise OSError(ctypes.get_errno(), "setns into the test namespace")
-            try:
-                yield
-            finally:
-                if _libc.setns(home.fileno(), CLONE_NEWNET):
-                    raise OSError(ctypes.get_errno(), "setns back home")
-
-    def destroy(self) -> None:
-        if getattr(self, "capture", None) is not None:
-            self.capture.close()
-        if self.created:
-            subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=10)
-
-    def drain(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self.capture.recv(65536)
-
-    def sent(self, wait_s: float) -> list[bytes]:
-        """The NAs that came out of the ingress within `wait_s` (stops at the first)."""
-        deadline = time.monotonic() + wait_s
-        found: list[bytes] = []
-        while not found and (left := deadline - time.monotonic()) > 0:
-            if not select.select([self.capture], [], [], left)[0]:
-                break
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    frame = self.capture.recv(65536)
-                    if frame[12:14] == b"\x86\xdd" and frame[20] == NH_ICMPV6 and frame[54] == 136:
-                        found.append(frame)
-        return found
+    def entered(self) -> contextlib.AbstractContextManager[None]:
+        return self.space.entered()
 
 
 @pytest.fixture(scope="module")
-def netns() -> Iterator[Namespace]:
-    space = Namespace()
+def netns() -> Iterator[Link]:
+    space = Namespace("a", [("pta", "ptb")])
     try:
         space.create()
-        yield space
+        yield Link(space, space.ifindex("pta"), space.packet_socket("ptb"))
     finally:
         space.destroy()
 
@@ -134,7 +83,7 @@ def tc_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Responder:
     """One state for the program and for the Python early answer; dn1 is the veth."""
 
-    def __init__(self, obj: Path, netns: Namespace) -> None:
+    def __init__(self, obj: Path, netns: Link) -> None:
         self.netns = netns
         self.now = time.monotonic()
         self.ifindex = {UP: 900021, DOWN1: netns.ingress, DOWN2: 900023}
@@ -169,13 +118,14 @@ class Responder:
         """Run the NS through the program; the NA it sent (None if none).  The NS itself
         must always come out unchanged, for the workers."""
         self.program()
-        self.netns.drain()
+        drain(self.netns.capture)
         with self.netns.entered():
             verdict, out = self.tc.test_run(frame, self.netns.ingress, ifindex=self.netns.ingress)
         assert verdict == bpfload.TC_ACT_OK
         assert out == frame
         python = self.python_answer(frame)
-        sent = self.netns.sent(CAPTURE_WAIT_S if python is not None else SILENCE_WAIT_S)
+        wait = CAPTURE_WAIT_S if python is not None else SILENCE_WAIT_S
+        sent = frames(self.netns.capture, wait, _is_na)
         assert len(sent) <= 1
         return sent[0] if sent else None
 
@@ -184,7 +134,7 @@ class Responder:
 
 
 @pytest.fixture
-def responder(tc_object: Path, netns: Namespace) -> Iterator[Responder]:
+def responder(tc_object: Path, netns: Link) -> Iterator[Responder]:
     made = Responder(tc_object, netns)
     yield made
     made.close()
@@ -287,13 +237,13 @@ def test_stale_liveness_is_never_answered(responder: Responder, live: str) -> No
     frame = solicitation()
     responder.program()
     set_liveness(responder.tc, 0 if live == "never" else ns(responder.now - 1.0))
-    responder.netns.drain()
+    drain(responder.netns.capture)
     with responder.netns.entered():
         verdict, out = responder.tc.test_run(
             frame, responder.netns.ingress, ifindex=responder.netns.ingress
         )
     assert (verdict, out) == (bpfload.TC_ACT_OK, frame)
-    assert responder.netns.sent(SILENCE_WAIT_S) == []
+    assert frames(responder.netns.capture, SILENCE_WAIT_S, _is_na) == []
     assert bpfstate_answered(responder) == 0
     responder.live_until = responder.now - 1.0  # the same through fill_maps
     assert responder.ask(frame) is None
