@@ -115,8 +115,7 @@ struct {
 
 /* --- frame offsets (Ethernet + IPv6, as portier/frame.py names them) --- */
 
-#define ETH_HLEN_ 14
-#define L4_OFF (ETH_HLEN_ + 40)
+#define L4_OFF (ETH_HLEN + 40)
 #define NH_ICMPV6 58
 #define ND_FIRST 133           /* RS, RA, NS, NA, Redirect */
 #define ND_LAST 137
@@ -168,7 +167,7 @@ static __always_inline __u16 icmp6_sum(__u8 *buf)
 	__be32 tail[2] = { bpf_htonl(NS_ICMP_LEN), bpf_htonl(NH_ICMPV6) };
 	__s64 sum;
 
-	sum = bpf_csum_diff(0, 0, (__be32 *)(buf + ETH_HLEN_ + 8), 32, 0);
+	sum = bpf_csum_diff(0, 0, (__be32 *)(buf + ETH_HLEN + 8), 32, 0);
 	if (sum < 0)
 		return 0;
 	sum = bpf_csum_diff(0, 0, tail, sizeof(tail), (__wsum)sum);
@@ -276,8 +275,8 @@ static __always_inline void answer_ns(struct __sk_buff *skb, const struct member
 	/* The MACs are outside what a CHECKSUM_COMPLETE skb->csum covers at ingress;
 	 * the IPv6 part is inside: keep that sum true for the clone and, once the NS
 	 * is back, for the NS. */
-	if (bpf_skb_store_bytes(skb, 0, na, ETH_HLEN_, 0) ||
-	    bpf_skb_store_bytes(skb, ETH_HLEN_, &na[ETH_HLEN_], NS_FRAME_LEN - ETH_HLEN_,
+	if (bpf_skb_store_bytes(skb, 0, na, ETH_HLEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &na[ETH_HLEN], NS_FRAME_LEN - ETH_HLEN,
 				BPF_F_RECOMPUTE_CSUM))
 		goto restore;
 	if (bpf_clone_redirect(skb, ifindex, 0) == 0) {
@@ -286,8 +285,8 @@ static __always_inline void answer_ns(struct __sk_buff *skb, const struct member
 			*count += 1;
 	}
 restore:
-	bpf_skb_store_bytes(skb, 0, ns, ETH_HLEN_, 0);
-	bpf_skb_store_bytes(skb, ETH_HLEN_, &ns[ETH_HLEN_], NS_FRAME_LEN - ETH_HLEN_,
+	bpf_skb_store_bytes(skb, 0, ns, ETH_HLEN, 0);
+	bpf_skb_store_bytes(skb, ETH_HLEN, &ns[ETH_HLEN], NS_FRAME_LEN - ETH_HLEN,
 			    BPF_F_RECOMPUTE_CSUM);
 }
 
@@ -334,13 +333,13 @@ static __always_inline __u32 segment_bytes(struct __sk_buff *skb, int proto, __u
 	__u8 doff;
 
 	if (!skb->gso_size)
-		return skb->len - ETH_HLEN_;
+		return skb->len - ETH_HLEN;
 	if (proto == IPPROTO_TCP) {
 		if (bpf_skb_load_bytes(skb, l4 + 12, &doff, 1))
 			return 0xffffffff;
-		return l4 - ETH_HLEN_ + (doff >> 4) * 4 + skb->gso_size;
+		return l4 - ETH_HLEN + (doff >> 4) * 4 + skb->gso_size;
 	}
-	return l4 - ETH_HLEN_ + 8 + skb->gso_size;
+	return l4 - ETH_HLEN + 8 + skb->gso_size;
 }
 
 SEC("tc")
@@ -372,7 +371,7 @@ int portier_ingress(struct __sk_buff *skb)
 		if (data + L4_OFF > end)
 			return TC_ACT_OK;
 	}
-	ip6 = data + ETH_HLEN_;
+	ip6 = data + ETH_HLEN;
 	if (eth->h_proto != bpf_htons(ETH_P_IPV6) || ip6->version != 6)
 		return TC_ACT_OK;
 	m = bpf_map_lookup_elem(&members, &ifindex);
@@ -386,15 +385,7 @@ int portier_ingress(struct __sk_buff *skb)
 				answer_ns(skb, m, ifindex);
 			return TC_ACT_OK;  /* ND is the workers' (the NS too) */
 		}
-		/* The helper may have moved the data: nothing below reads it before
-		 * the pointers are taken again. */
 	}
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	eth = data;
-	if (data + L4_OFF > end)
-		return TC_ACT_OK;
-	ip6 = data + ETH_HLEN_;
 
 	/* Multicast, and anything not for this member's MAC (the engine drops that). */
 	if ((eth->h_dest[0] & 1) || ip6->daddr.in6_u.u6_addr8[0] == 0xff)
@@ -453,11 +444,6 @@ int portier_ingress(struct __sk_buff *skb)
 	if (segment_bytes(skb, proto, l4) > r->mtu)
 		return TC_ACT_OK;  /* the workers send Packet Too Big */
 
-	data = (void *)(long)skb->data;
-	end = (void *)(long)skb->data_end;
-	eth = data;
-	if (data + ETH_HLEN_ > end)
-		return TC_ACT_OK;
 	if (mac_eq(eth->h_source, r->smac))
 		return TC_ACT_OK;  /* the egress's own MAC: our echo */
 	__builtin_memcpy(eth->h_dest, r->dmac, 6);
