@@ -35,11 +35,12 @@ bench: $(STAMP)
 deps:
 	bash deploy/install-deps.sh
 
-$(STAMP): pyproject.toml deploy/install-deps.sh
+$(STAMP): pyproject.toml deploy/install-deps.sh supervisor/bpf/portier_tc.c
 	bash deploy/install-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -U pip setuptools
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+	$(PY) -c 'from portier.supervisor.bpfpath import build; print("built", build())'
 	touch $(STAMP)
 
 clean:

@@ -67,6 +67,8 @@ class Config:
     curve_secret_key: Path | None = None  # the server's key pair (zmq certificate file)
     curve_authorized_keys: Path | None = None  # clients' public certificates (a folder)
     fastpath_enabled: bool = True
+    fastpath_engine: str = "nftables"  # "bpf", "nftables" or "off"
+    fastpath_bpf_object: Path | None = None  # default: the one built beside its source
     groups: tuple[GroupConfig, ...] = field(default_factory=tuple)
     source: str = "<defaults>"
 
@@ -92,6 +94,7 @@ _TOP = {
     "fastpath",
     "group",
 }
+FASTPATH_ENGINES = ("bpf", "nftables", "off")
 _CONTROL = {"socket", "tcp", "curve_secret_key", "curve_authorized_keys"}
 _DAEMON = {"runtime_dir", "state_dir", "control_group", "worker_zygote"}
 _METRICS = {"listen"}
@@ -191,8 +194,12 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
     for index, group_name in enumerate(unowned):
         if not isinstance(group_name, str) or not check_group_name(group_name):
             raise ConfigError(path, f"neighbors.last_writer_wins[{index}]", "must be a group name")
-    fastpath = _table(data, "fastpath", {"enabled"}, path)
+    fastpath = _table(data, "fastpath", {"enabled", "engine", "bpf_object"}, path)
     fastpath_enabled = _typed(fastpath, "enabled", bool, "fastpath.enabled", path, True)
+    engine = _typed(fastpath, "engine", str, "fastpath.engine", path, "nftables")
+    if engine not in FASTPATH_ENGINES:
+        raise ConfigError(path, "fastpath.engine", 'must be "bpf", "nftables" or "off"')
+    bpf_object = _typed(fastpath, "bpf_object", str, "fastpath.bpf_object", path, None)
     control = _table(data, "control", _CONTROL, path)
     control_socket = _typed(control, "socket", str, "control.socket", path, None)
     control_tcp = _typed(control, "tcp", str, "control.tcp", path, None)
@@ -270,7 +277,9 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
         claim_probe_ms=probe_ms,
         last_writer_wins=frozenset(unowned),
         announce=announce,
-        fastpath_enabled=fastpath_enabled,
+        fastpath_enabled=fastpath_enabled and engine != "off",
+        fastpath_engine=engine,
+        fastpath_bpf_object=Path(bpf_object) if bpf_object else None,
         control_socket=Path(control_socket) if control_socket else None,
         control_tcp=control_tcp,
         curve_secret_key=Path(secret) if secret else None,

@@ -140,14 +140,16 @@ def local_time(wall: float) -> str:
 
 
 def fastpath_line(fastpath: dict[str, Any]) -> str:
+    fallback = f"; {fastpath['fallback']}" if fastpath.get("fallback") else ""
     if not fastpath.get("active"):
         reason = fastpath.get("reason") or "not running"
         retry = fastpath.get("retry_in_s")
         retrying = f", retrying in {retry:.0f} s" if retry is not None else ""
-        return f"fast path off ({reason}){retrying}"
+        return f"fast path off ({reason}){retrying}{fallback}"
     return (
-        f"fast path on: {fastpath.get('neighbors', 0)} neighbors,"
-        f" {fastpath.get('kernel_packets', 0)} frames in the kernel"
+        f"fast path on ({fastpath.get('engine', 'nftables')}):"
+        f" {fastpath.get('neighbors', 0)} neighbors,"
+        f" {fastpath.get('kernel_packets', 0)} frames in the kernel{fallback}"
     )
 
 
@@ -259,13 +261,25 @@ def render(command: str, result: Any) -> str:
     if command == "flush":
         return f"flushed {result['flushed']} neighbors"
     if command == "fastpath":
-        state = "on" if result["active"] else f"off ({result['reason'] or 'not running'})"
+        engine = result.get("engine", "nftables")
+        reason = result["reason"] or "not running"
+        state = f"on ({engine})" if result["active"] else f"off ({reason})"
         text = (
             f"fast path {state}: {result['members']} members, {result['neighbors']}"
             f" neighbors in the kernel, {result['kernel_packets']} frames forwarded there\n"
-            f"transactions {result['transactions']}, failures {result['failures']},"
-            f" rebuilds {result['rebuilds']}, repairs {result['repairs']}"
         )
+        if engine == "bpf":
+            text += (
+                f"map updates {result['updates']}, attaches {result['attaches']},"
+                f" repairs {result['repairs']}, NS answered in the kernel {result['answered']}"
+            )
+        else:
+            text += (
+                f"transactions {result['transactions']}, failures {result['failures']},"
+                f" rebuilds {result['rebuilds']}, repairs {result['repairs']}"
+            )
+        if result.get("fallback"):
+            text += f"\nconfigured {result['configured_engine']}, not in use: {result['fallback']}"
         if result.get("drift") is not None:
             text += f"\ncheck: {result['drift']} differences found and repaired"
         return text

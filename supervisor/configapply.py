@@ -34,6 +34,8 @@ log = logging.getLogger("portier.supervisor")
 
 # Settings a reload cannot change in a running daemon.
 RESTART_SETTINGS = (
+    "fastpath_engine",
+    "fastpath_bpf_object",
     "runtime_dir",
     "state_dir",
     "control_group",

@@ -31,6 +31,7 @@ from portier.config import DEFAULT_PATH, Config, ConfigError, load_config
 from portier.status import Status
 from portier.supervisor import operations
 from portier.supervisor.announce import Announcer
+from portier.supervisor.bpfpath import BpfPath
 from portier.supervisor.channel import WorkerChannel
 from portier.supervisor.claims import ClaimDesk
 from portier.supervisor.commit import Committer
@@ -41,6 +42,7 @@ from portier.supervisor.events import EventPublisher
 from portier.supervisor.fastpath import FastPath
 from portier.supervisor.guests import Guests
 from portier.supervisor.health import Readiness
+from portier.supervisor.kernelpath import KernelPath
 from portier.supervisor.links import LinkFollower
 from portier.supervisor.loops import LoopSupervisor
 from portier.supervisor.metrics import MetricSources, MetricsServer
@@ -103,7 +105,11 @@ class Supervisor:
             zygote=self.zygote,
         )
         self.channel = WorkerChannel(self.context.socket(zmq.ROUTER), self.state, self.pool)
-        self.fastpath = FastPath(enabled=config.fastpath_enabled)
+        self.fastpath = KernelPath(
+            config.fastpath_engine,
+            FastPath(enabled=config.fastpath_enabled),
+            BpfPath(config.fastpath_bpf_object),
+        )
         self.saver = StateSaver(config.state_dir)
         self.events = EventPublisher()
         self.stats = SupervisorStats()

@@ -12,11 +12,10 @@ import struct
 from dataclasses import dataclass
 
 from portier.addresses import parse_ipv6, parse_mac
-from portier.answers import ANSWER_FRESH_S
 from portier.groups import Topology
 from portier.neighbors import Neighbor, NeighborCache
-from portier.ownership import protected
 from portier.supervisor import bpfload
+from portier.supervisor.bpfpath import BpfPath, GroupNumbers, wanted
 
 MEMBER = struct.Struct("@II6s2x16s")
 ROUTE_KEY = struct.Struct("@I16s")
@@ -49,7 +48,7 @@ def fill_maps(
     *,
     live_until: float | None = None,
 ) -> None:
-    """Program everything the state says, the way desired_state() reads it for nft.
+    """Program everything the state says, with the supervisor's own code (bpfpath.py).
 
     `live_until` (engine clock) is the supervisor's liveness: None means now + 10 s.
     Whatever the hash and trie maps held before goes first.
@@ -61,64 +60,9 @@ def fill_maps(
         ("onlink", PREFIX_KEY.size),
     ):
         clear_map(tc, name, key_size)
-    usable = {
-        name: i
-        for name, i in topology.interfaces.items()
-        if i.enabled and i.ifindex and len(i.mac) == 6
-    }
-    routes: dict[tuple[str, bytes], Neighbor] = {}
-    for entry in neighbors:
-        egress = usable.get(entry.interface)
-        if egress is not None and egress.group == entry.group:
-            routes[(entry.group, entry.address)] = entry
-    for group in topology.groups.values():
-        members = [name for name in group.members if name in usable]
-        if len(members) < 2:
-            continue
-        number = group_numbers[group.name]
-        router = None
-        if group.upstream in usable:
-            best = neighbors.best_router(group.name, group.upstream, now)
-            if best is not None and (group.name, best.address) in routes:
-                router = best
-        owned = [
-            (e.address, e.interface)
-            for e in neighbors
-            if e.group == group.name and protected(topology, e)
-        ]
-        for name in members:
-            member = usable[name]
-            flags = MEMBER_ENABLED
-            if router is not None and name != group.upstream:
-                flags |= MEMBER_HAS_ROUTER
-            address = (
-                router.address if router is not None and flags & MEMBER_HAS_ROUTER else bytes(16)
-            )
-            tc.update(
-                "members",
-                struct.pack("@I", member.ifindex),
-                MEMBER.pack(number, flags, member.mac, address),
-            )
-            for owned_address, owner in owned:
-                if owner != name:
-                    tc.update("foreign", SOURCE_KEY.pack(member.ifindex, owned_address), b"\x01")
-        for prefix, length in group.onlink_prefixes:
-            tc.update("onlink", PREFIX_KEY.pack(32 + length, number, prefix), b"\x01")
-    for (group_name, address), entry in routes.items():
-        if group_name not in group_numbers:
-            continue
-        egress = usable[entry.interface]
-        flags = (ROUTE_ROUTER if entry.is_router else 0) | (
-            ROUTE_CHECKING if entry.check_until else 0
-        )
-        # answers.py answers while now - last_seen <= ANSWER_FRESH_S; the kernel while
-        # now < fresh_until: one nanosecond more says the same.
-        fresh_until = ns(entry.last_seen + ANSWER_FRESH_S) + 1
-        tc.update(
-            "routes",
-            ROUTE_KEY.pack(group_numbers[group_name], address),
-            ROUTE.pack(egress.ifindex, egress.mtu, entry.mac, egress.mac, flags, 0, fresh_until),
-        )
+    path = BpfPath()
+    path.adopt(tc)
+    path.write_maps(wanted(topology, neighbors, now, GroupNumbers(group_numbers)))
     set_liveness(tc, ns(now + 10.0) if live_until is None else ns(live_until))
 
 

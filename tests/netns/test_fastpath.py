@@ -4,9 +4,9 @@ import ipaddress
 import json
 import subprocess
 import sys
-import time
 
 import pytest
+from counters import settled_counter
 from lab import ROUTER_ADDRESS, Lab, wait_for
 from labdaemon import Daemon
 from peers import PEERS
@@ -22,24 +22,6 @@ def wait_programmed(lab: Lab, address: str) -> str:
     chain = neighbor_chain("lan", ipaddress.IPv6Address(address).packed)
     wait_for(lambda: f"chain {chain}" in ruleset(lab), 5, f"{address} in the kernel")
     return chain
-
-
-def settled_counter(daemon: Daemon, interface: str, name: str) -> int:
-    """A worker counter once its heartbeats (one a second) have caught up with traffic."""
-    previous = worker_counter(daemon, interface, name)
-    for _ in range(10):
-        time.sleep(1.1)  # one heartbeat period: the report has no other signal to wait on
-        current = worker_counter(daemon, interface, name)
-        if current == previous:
-            return current
-        previous = current
-    raise AssertionError(f"{interface} {name} never settled")
-
-
-def worker_counter(daemon: Daemon, interface: str, name: str) -> int:
-    return next(w for w in daemon.call("workers") if w["interface"] == interface)["counters"].get(
-        name, 0
-    )
 
 
 @pytest.fixture

@@ -1,0 +1,294 @@
+"""The BPF kernel data path: the tc program on every forwarding member, fed from the cache.
+
+What the kernel should do comes from the same model as the nftables path
+(fastpath.desired_state: which members forward, which neighbors, the source checks, the
+on-link prefixes, the router for off-link destinations), packed into the maps the
+program reads (supervisor/bpf/portier_tc.c documents each).  Programming is a diff of
+map entries and of the interfaces the program is attached to, applied entry by entry,
+so a new neighbor costs one map write, not a transaction.  Every CHECK_INTERVAL_S the
+maps and the attachments are read back and compared with what was programmed; any
+drift is repaired by writing everything again.  `liveness` is pushed forward on every
+timer tick: if the supervisor stalls, the kernel stops answering NS on its behalf
+within LIVENESS_S.
+
+Failures raise BpfError: the caller (kernelpath.py) falls back to nftables.  Nothing
+here is retried by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from portier.answers import ANSWER_FRESH_S
+from portier.groups import Topology
+from portier.neighbors import NeighborCache
+from portier.supervisor import tchook
+from portier.supervisor.bpfload import SOURCE, BpfError, TcObject, compile_object
+from portier.supervisor.bpfmaps import BpfMap
+from portier.supervisor.fastpath import desired_state, neighbor_chain
+
+log = logging.getLogger("portier.supervisor")
+
+CHECK_INTERVAL_S = 10.0
+LIVENESS_S = 3.0
+NS_PER_S = 1_000_000_000
+MEMBER_ENABLED = 1
+MEMBER_HAS_ROUTER = 2
+ROUTE_CHECKING = 1
+ROUTE_ROUTER = 2
+# name -> (key size, value size), as in portier_tc.c
+MAP_SIZES = {
+    "members": (4, 32),
+    "routes": (20, 40),
+    "foreign": (20, 1),
+    "onlink": (24, 1),
+    "liveness": (4, 8),
+    "answered": (4, 8),
+}
+PROGRAMMED_MAPS = ("members", "routes", "foreign", "onlink")
+PRESENT = b"\x01"
+ZERO_KEY = struct.pack("<I", 0)
+
+
+def pack_member(group: int, flags: int, mac: bytes, router: bytes) -> bytes:
+    return struct.pack("<II6s2x16s", group, flags, mac, router)
+
+
+def pack_route(ifindex: int, mtu: int, dmac: bytes, smac: bytes, flags: int, fresh: int) -> bytes:
+    return struct.pack("<II6s6sI4x4xQ", ifindex, mtu, dmac, smac, flags, fresh)
+
+
+def pack_prefix(group: int, prefix: bytes, length: int) -> bytes:
+    masked = int.from_bytes(prefix, "big") & ~((1 << (128 - length)) - 1) & ((1 << 128) - 1)
+    return struct.pack("<II16s", 32 + length, group, masked.to_bytes(16, "big"))
+
+
+def build() -> Path:
+    """Compile the program beside its source: the install-time build (make's set-up)."""
+    return compile_object(SOURCE.with_suffix(".o"))
+
+
+@dataclass
+class Programmed:
+    """Map name -> {packed key: packed value}, and where the program is attached."""
+
+    maps: dict[str, dict[bytes, bytes]] = field(
+        default_factory=lambda: {name: {} for name in PROGRAMMED_MAPS}
+    )
+    attached: set[int] = field(default_factory=set)
+
+
+class GroupNumbers:
+    """The program knows groups by number: stable for the life of the daemon, never 0."""
+
+    def __init__(self, known: dict[str, int] | None = None) -> None:
+        self._numbers: dict[str, int] = dict(known or {})
+
+    def __call__(self, group: str) -> int:
+        if group not in self._numbers:
+            self._numbers[group] = max(self._numbers.values(), default=0) + 1
+        return self._numbers[group]
+
+
+def wanted(
+    topology: Topology, neighbors: NeighborCache, now: float, number: Callable[[str], int]
+) -> Programmed:
+    """The maps' contents for the state: the nft path's model, packed for the program."""
+    want = desired_state(topology, neighbors, now)
+    result = Programmed()
+    members, routes = result.maps["members"], result.maps["routes"]
+    by_chain = {neighbor_chain(g, a): a for g, a in want.neighbors}
+    for name, rule in want.ingress.items():
+        interface = topology.interfaces[name]
+        router = by_chain.get(rule.router_chain or "", b"")
+        flags = MEMBER_ENABLED | (MEMBER_HAS_ROUTER if router else 0)
+        members[struct.pack("<I", interface.ifindex)] = pack_member(
+            number(rule.group), flags, interface.mac, router.ljust(16, b"\0")
+        )
+        result.attached.add(interface.ifindex)
+        for address in want.foreign.get(name, ()):
+            result.maps["foreign"][struct.pack("<I16s", interface.ifindex, address)] = PRESENT
+    for group, prefixes in want.groups.items():
+        for prefix, length in prefixes:
+            result.maps["onlink"][pack_prefix(number(group), prefix, length)] = PRESENT
+    for (group, address), rule in want.neighbors.items():
+        entry = neighbors.get(group, address)
+        egress = topology.interfaces[rule.egress]
+        flags = (ROUTE_CHECKING if entry is not None and entry.check_until else 0) | (
+            ROUTE_ROUTER if entry is not None and entry.is_router else 0
+        )
+        last_seen = entry.last_seen if entry is not None else 0.0
+        routes[struct.pack("<I16s", number(group), address)] = pack_route(
+            rule.egress_ifindex,
+            egress.mtu,
+            rule.neighbor_mac,
+            rule.egress_mac,
+            flags,
+            # answers.py answers while now - last_seen <= ANSWER_FRESH_S, the program
+            # while now < fresh_until: one nanosecond more says the same.
+            int((last_seen + ANSWER_FRESH_S) * NS_PER_S) + 1,
+        )
+    return result
+
+
+def possible_cpus() -> int:
+    """CPUs a per-CPU map has a slot for (possible, not just online)."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+
+
+class BpfPath:
+    """The program, its maps and attachments in this network namespace."""
+
+    def __init__(self, object_path: Path | None = None) -> None:
+        self.object_path = object_path
+        self.program: TcObject | None = None
+        self.maps: dict[str, BpfMap] = {}
+        self.programmed = Programmed()
+        self.prog_id = 0
+        self.numbers = GroupNumbers()
+        self.next_check: float | None = None
+        self.stats = {"updates": 0, "repairs": 0, "attaches": 0}
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def _object(self) -> Path:
+        """The compiled object: the one built at install time, else compiled now."""
+        built = self.object_path or SOURCE.with_suffix(".o")
+        if built.exists() and built.stat().st_mtime >= SOURCE.stat().st_mtime:
+            return built
+        target = Path(tempfile.mkdtemp(prefix="portier-bpf-")) / "portier_tc.o"
+        try:
+            return compile_object(target)
+        except FileNotFoundError as exc:
+            raise BpfError(2, f"no compiled BPF object and no clang to build it: {exc}") from None
+        except subprocess.CalledProcessError as exc:
+            message = (exc.stderr or "").strip().splitlines()[-1:] or ["failed"]
+            raise BpfError(8, f"clang could not build the BPF program: {message[0]}") from None
+
+    def load(self) -> None:
+        """Build if need be, load (the verifier runs here) and find the maps; BpfError."""
+        self.adopt(TcObject(self._object()))
+
+    def adopt(self, program: TcObject) -> None:
+        """Program these maps (those of a loaded object) from now on."""
+        self.program = program
+        self.maps = {
+            name: BpfMap(name, program.map_fd(name), *sizes) for name, sizes in MAP_SIZES.items()
+        }
+
+    @staticmethod
+    def clean_up_everywhere() -> int:
+        """Take Portier's filter off every interface here (what a crashed run left)."""
+        return sum(tchook.detach(index) for index, _name in socket.if_nameindex())
+
+    # --- programming -----------------------------------------------------------------------
+
+    async def start(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        await asyncio.to_thread(self._start, topology, neighbors, now)
+
+    def _start(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        left = self.clean_up_everywhere()
+        if left:
+            log.info("BPF path: removed %d filters an earlier run left", left)
+        self.load()
+        self.beat(now)
+        self.sync(topology, neighbors, now)
+
+    def sync(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        """Write what differs between the state and what was programmed."""
+        want = wanted(topology, neighbors, now, self.numbers)
+        self.write_maps(want)
+        self._attach(want.attached)
+
+    def write_maps(self, want: Programmed) -> None:
+        """The map entries that differ from what was programmed, written or deleted."""
+        for name in PROGRAMMED_MAPS:
+            bpf_map, old, new = self.maps[name], self.programmed.maps[name], want.maps[name]
+            for key, value in new.items():
+                if old.get(key) != value:
+                    bpf_map.update(key, value)
+                    old[key] = value
+                    self.stats["updates"] += 1
+            for key in [key for key in old if key not in new]:
+                bpf_map.delete(key)
+                del old[key]
+
+    def _attach(self, wanted_ifindexes: set[int]) -> None:
+        assert self.program is not None
+        attached = self.programmed.attached
+        for ifindex in sorted(wanted_ifindexes - attached):
+            self.prog_id = tchook.attach(ifindex, self.program.prog_fd)
+            attached.add(ifindex)
+            self.stats["attaches"] += 1
+        for ifindex in sorted(attached - wanted_ifindexes):
+            tchook.detach(ifindex)
+            attached.discard(ifindex)
+
+    def beat(self, now: float) -> None:
+        """The supervisor is alive: the kernel may answer NS for LIVENESS_S more."""
+        until = int((now + LIVENESS_S) * NS_PER_S)
+        self.maps["liveness"].update(ZERO_KEY, struct.pack("<Q", until))
+
+    def maintain(self, topology: Topology, neighbors: NeighborCache, now: float) -> int:
+        """The timer's call: the heartbeat, and the drift check when it is due."""
+        self.beat(now)
+        if self.next_check is not None and now < self.next_check:
+            return 0
+        return self.check(topology, neighbors, now)
+
+    def check(self, topology: Topology, neighbors: NeighborCache, now: float) -> int:
+        """Compare the kernel with what was programmed; repair and count any drift."""
+        self.next_check = now + CHECK_INTERVAL_S
+        drift = 0
+        for name in PROGRAMMED_MAPS:
+            kernel, programmed = self.maps[name].items(), self.programmed.maps[name]
+            drift += len(kernel.keys() ^ programmed.keys())
+            drift += sum(1 for key, value in kernel.items() if programmed.get(key, value) != value)
+        for ifindex in self.programmed.attached:
+            drift += tchook.attached(ifindex) != self.prog_id
+        if drift:
+            log.warning("BPF path drifted from the state (%d differences): rewriting", drift)
+            self.stats["repairs"] += 1
+            for name in PROGRAMMED_MAPS:
+                for key in self.maps[name].list_keys():
+                    self.maps[name].delete(key)
+            self.programmed = Programmed()
+            self.sync(topology, neighbors, now)
+        return drift
+
+    def answered(self) -> int:
+        """NAs the kernel sent, summed over the CPUs."""
+        raw = self.maps["answered"].lookup(ZERO_KEY, 8 * possible_cpus()) or b""
+        return sum(value for (value,) in struct.iter_unpack("<Q", raw))
+
+    def remove(self) -> None:
+        """Detach everywhere and let the maps go with the program."""
+        for ifindex in self.programmed.attached:
+            try:
+                tchook.detach(ifindex)
+            except BpfError as exc:
+                log.warning("detaching the BPF program from ifindex %d: %s", ifindex, exc)
+        self.programmed = Programmed()
+        if self.program is not None:
+            self.program.close()
+            self.program = None
+
+    def view(self) -> dict[str, Any]:
+        maps = self.programmed.maps
+        return {
+            "members": len(maps["members"]),
+            "neighbors": len(maps["routes"]),
+            "attached": len(self.programmed.attached),
+            "answered": self.answered() if self.program is not None else 0,
+            **self.stats,
+        }

@@ -1,0 +1,150 @@
+"""Which kernel data path forwards: the BPF program, else the nftables table, else none.
+
+`[fastpath] engine` names the preferred one.  `bpf` is tried first when asked for; if
+it cannot be built, loaded (the verifier), attached or fed, it is removed and nftables
+takes over, and `fallback` says why (shown by `portierctl fastpath` and `status`, and
+in the metrics).  nftables, when it fails in turn, turns itself off with its own reason
+and retries by itself (fastpath.py).  The two are never active at once: starting one
+removes whatever the other left, here or from a crashed run, and stopping removes both.
+The BPF path is not retried once it failed; a restart or a reload tries it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from portier.groups import Topology
+from portier.neighbors import NeighborCache
+from portier.supervisor.bpfload import BpfError
+from portier.supervisor.bpfpath import BpfPath
+from portier.supervisor.fastpath import FastPath
+
+log = logging.getLogger("portier.supervisor")
+
+
+class KernelPath:
+    """The fast path the supervisor programs: FastPath's interface over both engines."""
+
+    def __init__(self, engine: str, nft: FastPath, bpf: BpfPath | None = None) -> None:
+        self.engine = engine
+        self.nft = nft
+        self.bpf = bpf or BpfPath()
+        self.using = "off"
+        self.fallback = ""
+        self._lock = asyncio.Lock()
+
+    @property
+    def wants_bpf(self) -> bool:
+        return self.engine == "bpf" and self.nft.enabled
+
+    async def start(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        async with self._lock:
+            if self.wants_bpf:
+                try:
+                    await self.bpf.start(topology, neighbors, now)
+                except (BpfError, OSError) as exc:
+                    await self._give_up_bpf(exc)
+                else:
+                    self.using = "bpf"
+                    self.fallback = ""
+                    await self.nft.remove()  # no table an earlier run left forwards beside it
+                    log.info("fast path on: BPF tc program")
+                    return
+            else:
+                await asyncio.to_thread(self.bpf.clean_up_everywhere)
+            await self.nft.start(topology, neighbors, now)
+            self.using = "nftables" if self.nft.enabled else "off"
+
+    async def _give_up_bpf(self, exc: BaseException) -> None:
+        self.fallback = f"bpf: {exc}"
+        log.warning("BPF fast path unusable (%s); falling back to nftables", exc)
+        await asyncio.to_thread(self._remove_bpf)
+
+    def _remove_bpf(self) -> None:
+        try:
+            self.bpf.remove()
+            self.bpf.clean_up_everywhere()
+        except (BpfError, OSError) as exc:
+            log.error("removing the BPF fast path failed: %s", exc)
+
+    async def _on_bpf(self, step: str, topology: Topology, neighbors: NeighborCache, now: float):
+        """Run one BPF step; on failure hand over to nftables. The step's result or None."""
+        try:
+            if step == "sync":
+                self.bpf.sync(topology, neighbors, now)
+                return 0
+            if step == "maintain":
+                return self.bpf.maintain(topology, neighbors, now)
+            return self.bpf.check(topology, neighbors, now)
+        except (BpfError, OSError) as exc:
+            await self._give_up_bpf(exc)
+            await self.nft.start(topology, neighbors, now)
+            self.using = "nftables"
+            return None
+
+    async def sync(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        if self.using == "bpf":
+            async with self._lock:
+                await self._on_bpf("sync", topology, neighbors, now)
+            return
+        await self.nft.sync(topology, neighbors, now)
+
+    async def maintain(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        if self.using == "bpf":
+            async with self._lock:
+                await self._on_bpf("maintain", topology, neighbors, now)
+            return
+        await self.nft.maintain(topology, neighbors, now)
+
+    async def check(self, topology: Topology, neighbors: NeighborCache, now: float) -> int:
+        if self.using == "bpf":
+            async with self._lock:
+                drift = await self._on_bpf("check", topology, neighbors, now)
+            return drift or 0
+        return await self.nft.check(topology, neighbors, now)
+
+    async def packets(self) -> int:
+        return 0 if self.using == "bpf" else await self.nft.packets()
+
+    async def set_enabled(
+        self, enabled: bool, topology: Topology, neighbors: NeighborCache, now: float
+    ) -> None:
+        """`[fastpath] enabled` changed on reload: off removes both, on starts afresh."""
+        if enabled == self.nft.enabled:
+            return
+        if not enabled:
+            async with self._lock:
+                await asyncio.to_thread(self._remove_bpf)
+                await self.nft.set_enabled(False, topology, neighbors, now)
+                self.using = "off"
+            return
+        self.nft.enabled = True
+        self.nft.reason = ""
+        await self.start(topology, neighbors, now)
+
+    async def remove(self) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._remove_bpf)
+            await self.nft.remove()
+            self.using = "off"
+
+    def view(self) -> dict[str, Any]:
+        if self.using == "bpf":
+            view: dict[str, Any] = {
+                "enabled": True,
+                "active": True,
+                "reason": "",
+                "retry_in_s": None,
+                "kernel_packets": 0,
+                **self.bpf.view(),
+            }
+        else:
+            view = self.nft.view()
+        return {
+            **view,
+            "engine": self.using,
+            "configured_engine": self.engine,
+            "fallback": self.fallback,
+        }
