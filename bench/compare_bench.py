@@ -4,7 +4,8 @@ Run as root: .venv/bin/python bench/compare_bench.py [--seconds 5] [--rounds 3] 
                 [--only "wire,portier fast path,portier fast path bare"]
 
 For each data path (plain veth pair = the wire; Linux bridge; kernel proxy_ndp with
-forwarding; Portier's userspace path; Portier's kernel fast path, and "bare", the same
+forwarding; Portier's userspace path; Portier's kernel fast path (nftables) and its BPF
+data path ("portier bpf"), and "bare", the nftables path
 with the VLAN and source-address checks taken out of its ingress chains, which is the
 ruleset before those checks, to price them) it builds fresh
 network namespaces (deploy/lab.py), all of them up front, then measures in rounds, one
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
 
-from lab import ROUTER_ADDRESS, Lab, wait_for  # noqa: E402
+from lab import ROUTER_ADDRESS, Lab, LabError, wait_for  # noqa: E402
 from labdaemon import Daemon, GroupSpec  # noqa: E402
 
 GUEST_ADDRESS = "2001:db8:1::101"
@@ -81,8 +82,9 @@ def build(kind: str) -> tuple[Lab, str, list[Callable[[], None]]]:
         else:
             lab.ns(proxy, "ip", "-6", "neigh", "add", "proxy", GUEST_ADDRESS, "dev", "up0")
     elif kind.startswith("portier"):
-        extra = "[fastpath]\nenabled = false" if kind == "portier userspace" else ""
-        fast = kind.startswith("portier fast path")
+        engine = {"portier userspace": "off", "portier bpf": "bpf"}.get(kind, "nftables")
+        extra = f'[fastpath]\nengine = "{engine}"'
+        fast = engine != "off"
         daemon = Daemon(lab, [GroupSpec("lan", "up0", ["vm1"])], extra=extra)
         try:
             daemon.start()
@@ -200,6 +202,7 @@ def main() -> None:
         "portier fast path",
         "portier fast path bare",
         "portier fast path no SAVI",
+        "portier bpf",
     ]
     resolvers = [
         "wire",
@@ -208,6 +211,7 @@ def main() -> None:
         "proxy_ndp default delay",
         "portier userspace",
         "portier fast path",
+        "portier bpf",
     ] + (["ndppd"] if shutil.which("ndppd") else [])
     if args.only:
         paths = ["wire", *(p for p in args.only.split(",") if p != "wire")]
@@ -218,8 +222,11 @@ def main() -> None:
         for kind in dict.fromkeys(paths + resolvers):
             setups[kind] = build(kind)
             samples[kind] = {}
-        for lab, client, _ in setups.values():
-            lab.wait_ping(client, ROUTER_ADDRESS, timeout=30)
+        for kind, (lab, client, _) in setups.items():
+            try:
+                lab.wait_ping(client, ROUTER_ADDRESS, timeout=30)
+            except LabError as exc:
+                raise LabError(f"{kind}: {exc}") from None
         for number in range(args.rounds):
             for kind in paths:
                 lab, client, _ = setups[kind]

@@ -66,6 +66,19 @@ _NS_END = L4_OFFSET + MIN_LENGTH[NDType.NEIGHBOR_SOLICITATION]
 _ICMP_TYPE_OFFSET = L4_OFFSET
 _DST_FIRST_OFFSET = DST.start
 _ANSWER_FLAGS_OFFSET = L4_OFFSET + NA_FLAGS_OFFSET  # in the answer, right after IPv6
+# The one NS the BPF path answers: nothing but a source link-layer address option.
+_KERNEL_NS_LEN = _NS_END + 8
+
+
+def kernel_answers(frame: bytes) -> bool:
+    """Whether the kernel's BPF path answers this multicast NS itself when it runs (then
+    neither the answer thread nor the engine may answer it again): its one shape, the
+    NS with only a source link-layer address option, as hosts send them."""
+    return (
+        len(frame) == _KERNEL_NS_LEN
+        and frame[_NS_END] == OptionType.SOURCE_LINK_LAYER
+        and frame[_NS_END + 1] == 1
+    )
 
 
 def answers_early(frame: bytes) -> bool:
@@ -132,6 +145,7 @@ class AnswerTable:
     mac: bytes  # the ingress's
     own_macs: frozenset[bytes]  # every bound interface's: a frame from one is our echo
     targets: Mapping[bytes, AnswerTarget]  # read-only
+    kernel_answers: bool = False  # the BPF path answers NS of the kernel's shape
 
 
 EMPTY_TARGETS: Mapping[bytes, AnswerTarget] = MappingProxyType({})
@@ -203,6 +217,7 @@ class AnswerTables:
                 iface.mac if iface is not None else b"",
                 topology.own_macs(),
                 MappingProxyType(dict(self._targets)) if enabled else EMPTY_TARGETS,
+                topology.kernel_answers,
             )
         return self._published
 
@@ -234,6 +249,8 @@ class EarlyAnswers:
         """
         table = self.table
         if table is None or not table.enabled or not answers_early(frame):
+            return None
+        if table.kernel_answers and kernel_answers(frame):
             return None
         target = table.targets.get(frame[_NS_TARGET])
         if target is None or now - target.last_seen > ANSWER_FRESH_S:

@@ -48,7 +48,13 @@ from portier.addresses import (
     multicast_mac,
     solicited_node,
 )
-from portier.answers import ANSWER_FRESH_S, announcement_frame, answer_frame, answerable
+from portier.answers import (
+    ANSWER_FRESH_S,
+    announcement_frame,
+    answer_frame,
+    answerable,
+    kernel_answers,
+)
 from portier.checksum import upper_layer_checksum
 from portier.drops import DropReason, FrameError
 from portier.fairshare import TokenBuckets
@@ -358,7 +364,12 @@ class Engine:
             actions.append(Dropped(ingress, refused))
             return actions
 
-        if kind == NDType.NEIGHBOR_SOLICITATION and dst[0] == 0xFF and not answered:
+        if (
+            kind == NDType.NEIGHBOR_SOLICITATION
+            and dst[0] == 0xFF
+            and not answered
+            and not (self.topology.kernel_answers and kernel_answers(frame))
+        ):
             assert isinstance(message, NeighborSolicitation)
             answer = self._answer_for_neighbor(iface, frame, message, now)
             if answer is not None:

@@ -130,6 +130,8 @@ class Topology:
         self.groups: dict[str, Group] = {}
         self.nested = nested
         self.loop_disable_s = loop_disable_s
+        # The kernel's BPF path answers the usual multicast NS itself (answers.py).
+        self.kernel_answers = False
         # Groups created with address ownership switched off (ownership.py).
         self.last_writer_wins = last_writer_wins
         self._own_macs: frozenset[bytes] | None = None

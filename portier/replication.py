@@ -48,6 +48,7 @@ def topology_to_wire(topology: Topology) -> dict[str, Any]:
     return {
         "nested": topology.nested,
         "loop_disable_s": topology.loop_disable_s,
+        "kernel_answers": topology.kernel_answers,
         "interfaces": [
             {
                 "name": i.name,
@@ -146,6 +147,7 @@ def topology_from_wire(data: object) -> Topology:
             nested=bool(_typed(data["nested"], bool, "nested")),
             loop_disable_s=_time(data["loop_disable_s"], "loop_disable_s"),
         )
+        topology.kernel_answers = _typed(data.get("kernel_answers", False), bool, "kernel_answers")
     except (KeyError, TypeError, ValueError) as exc:
         raise _invalid(f"bad topology: {exc!r}") from None
     # The engine trusts these links (a member's interface, a member's group): check them.
@@ -180,6 +182,7 @@ def _replace_topology(topology: Topology, fresh: Topology) -> None:
     topology.groups.update(fresh.groups)
     topology.nested = fresh.nested
     topology.loop_disable_s = fresh.loop_disable_s
+    topology.kernel_answers = fresh.kernel_answers
     topology.invalidate()
 
 

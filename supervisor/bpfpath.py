@@ -45,6 +45,8 @@ MEMBER_ENABLED = 1
 MEMBER_HAS_ROUTER = 2
 ROUTE_CHECKING = 1
 ROUTE_ROUTER = 2
+ROUTE_PEER = 4
+ROUTE_FLAGS_AT = 20  # where a packed route's flags start (low byte first)
 # name -> (key size, value size), as in portier_tc.c
 MAP_SIZES = {
     "members": (4, 32),
@@ -53,6 +55,7 @@ MAP_SIZES = {
     "onlink": (24, 1),
     "liveness": (4, 8),
     "answered": (4, 8),
+    "forwarded": (4, 8),
 }
 PROGRAMMED_MAPS = ("members", "routes", "foreign", "onlink")
 PRESENT = b"\x01"
@@ -100,7 +103,11 @@ class GroupNumbers:
 
 
 def wanted(
-    topology: Topology, neighbors: NeighborCache, now: float, number: Callable[[str], int]
+    topology: Topology,
+    neighbors: NeighborCache,
+    now: float,
+    number: Callable[[str], int],
+    peer_elsewhere: Callable[[int], bool] = lambda ifindex: False,
 ) -> Programmed:
     """The maps' contents for the state: the nft path's model, packed for the program."""
     want = desired_state(topology, neighbors, now)
@@ -123,8 +130,10 @@ def wanted(
     for (group, address), rule in want.neighbors.items():
         entry = neighbors.get(group, address)
         egress = topology.interfaces[rule.egress]
-        flags = (ROUTE_CHECKING if entry is not None and entry.check_until else 0) | (
-            ROUTE_ROUTER if entry is not None and entry.is_router else 0
+        flags = (
+            (ROUTE_CHECKING if entry is not None and entry.check_until else 0)
+            | (ROUTE_ROUTER if entry is not None and entry.is_router else 0)
+            | (ROUTE_PEER if peer_elsewhere(rule.egress_ifindex) else 0)
         )
         last_seen = entry.last_seen if entry is not None else 0.0
         routes[struct.pack("<I16s", number(group), address)] = pack_route(
@@ -149,8 +158,15 @@ def possible_cpus() -> int:
 class BpfPath:
     """The program, its maps and attachments in this network namespace."""
 
-    def __init__(self, object_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        object_path: Path | None = None,
+        peer_elsewhere: Callable[[int], bool] = lambda ifindex: False,
+    ) -> None:
+        """`peer_elsewhere(ifindex)`: the interface is a veth whose peer is in another
+        network namespace (the link table knows), so frames may go straight to the peer."""
         self.object_path = object_path
+        self.peer_elsewhere = peer_elsewhere
         self.program: TcObject | None = None
         self.maps: dict[str, BpfMap] = {}
         self.programmed = Programmed()
@@ -206,7 +222,7 @@ class BpfPath:
 
     def sync(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
         """Write what differs between the state and what was programmed."""
-        want = wanted(topology, neighbors, now, self.numbers)
+        want = wanted(topology, neighbors, now, self.numbers, self.peer_elsewhere)
         self.write_maps(want)
         self._attach(want.attached)
 
@@ -266,9 +282,9 @@ class BpfPath:
             self.sync(topology, neighbors, now)
         return drift
 
-    def answered(self) -> int:
-        """NAs the kernel sent, summed over the CPUs."""
-        raw = self.maps["answered"].lookup(ZERO_KEY, 8 * possible_cpus()) or b""
+    def counter(self, name: str) -> int:
+        """A per-CPU counter (`answered`: NAs sent, `forwarded`: frames redirected), summed."""
+        raw = self.maps[name].lookup(ZERO_KEY, 8 * possible_cpus()) or b""
         return sum(value for (value,) in struct.iter_unpack("<Q", raw))
 
     def remove(self) -> None:
@@ -288,7 +304,11 @@ class BpfPath:
         return {
             "members": len(maps["members"]),
             "neighbors": len(maps["routes"]),
+            "peer_routes": sum(
+                1 for v in maps["routes"].values() if v[ROUTE_FLAGS_AT] & ROUTE_PEER
+            ),
             "attached": len(self.programmed.attached),
-            "answered": self.answered() if self.program is not None else 0,
+            "answered": self.counter("answered") if self.program is not None else 0,
+            "kernel_packets": self.counter("forwarded") if self.program is not None else 0,
             **self.stats,
         }

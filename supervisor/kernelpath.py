@@ -7,6 +7,10 @@ in the metrics).  nftables, when it fails in turn, turns itself off with its own
 and retries by itself (fastpath.py).  The two are never active at once: starting one
 removes whatever the other left, here or from a crashed run, and stopping removes both.
 The BPF path is not retried once it failed; a restart or a reload tries it again.
+
+While the BPF path runs, the topology says so (`kernel_answers`): the program answers
+the usual multicast NS itself, so the workers leave those to it (answers.py).  The
+workers learn it with the next topology they are sent.
 """
 
 from __future__ import annotations
@@ -33,13 +37,20 @@ class KernelPath:
         self.bpf = bpf or BpfPath()
         self.using = "off"
         self.fallback = ""
+        self.topology: Topology | None = None
         self._lock = asyncio.Lock()
+
+    def _use(self, engine: str) -> None:
+        self.using = engine
+        if self.topology is not None:
+            self.topology.kernel_answers = engine == "bpf"
 
     @property
     def wants_bpf(self) -> bool:
         return self.engine == "bpf" and self.nft.enabled
 
     async def start(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
+        self.topology = topology
         async with self._lock:
             if self.wants_bpf:
                 try:
@@ -47,7 +58,7 @@ class KernelPath:
                 except (BpfError, OSError) as exc:
                     await self._give_up_bpf(exc)
                 else:
-                    self.using = "bpf"
+                    self._use("bpf")
                     self.fallback = ""
                     await self.nft.remove()  # no table an earlier run left forwards beside it
                     log.info("fast path on: BPF tc program")
@@ -55,7 +66,7 @@ class KernelPath:
             else:
                 await asyncio.to_thread(self.bpf.clean_up_everywhere)
             await self.nft.start(topology, neighbors, now)
-            self.using = "nftables" if self.nft.enabled else "off"
+            self._use("nftables" if self.nft.enabled else "off")
 
     async def _give_up_bpf(self, exc: BaseException) -> None:
         self.fallback = f"bpf: {exc}"
@@ -80,8 +91,8 @@ class KernelPath:
             return self.bpf.check(topology, neighbors, now)
         except (BpfError, OSError) as exc:
             await self._give_up_bpf(exc)
+            self._use("nftables")
             await self.nft.start(topology, neighbors, now)
-            self.using = "nftables"
             return None
 
     async def sync(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
@@ -106,7 +117,9 @@ class KernelPath:
         return await self.nft.check(topology, neighbors, now)
 
     async def packets(self) -> int:
-        return 0 if self.using == "bpf" else await self.nft.packets()
+        if self.using == "bpf":
+            return self.bpf.counter("forwarded")
+        return await self.nft.packets()
 
     async def set_enabled(
         self, enabled: bool, topology: Topology, neighbors: NeighborCache, now: float
@@ -118,7 +131,7 @@ class KernelPath:
             async with self._lock:
                 await asyncio.to_thread(self._remove_bpf)
                 await self.nft.set_enabled(False, topology, neighbors, now)
-                self.using = "off"
+                self._use("off")
             return
         self.nft.enabled = True
         self.nft.reason = ""
@@ -128,7 +141,7 @@ class KernelPath:
         async with self._lock:
             await asyncio.to_thread(self._remove_bpf)
             await self.nft.remove()
-            self.using = "off"
+            self._use("off")
 
     def view(self) -> dict[str, Any]:
         if self.using == "bpf":
@@ -137,7 +150,6 @@ class KernelPath:
                 "active": True,
                 "reason": "",
                 "retry_in_s": None,
-                "kernel_packets": 0,
                 **self.bpf.view(),
             }
         else:

@@ -44,10 +44,14 @@ class Link:
     mac: str
     mtu: int
     loopback: bool
+    kind: str = ""  # "veth", "bridge", ... ("" for a physical device)
+    peer_elsewhere: bool = False  # its peer (IFLA_LINK) is in another network namespace
 
 
 def link_from_message(message: Any) -> Link:
     flags = int(message.get("flags", 0))
+    info = message.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
     return Link(
         index=int(message["index"]),
         name=str(message.get("ifname") or ""),
@@ -55,6 +59,8 @@ def link_from_message(message: Any) -> Link:
         mac=str(message.get("address") or ""),
         mtu=int(message.get("mtu") or 0),
         loopback=bool(flags & IFF_LOOPBACK),
+        kind=str(kind or ""),
+        peer_elsewhere=message.get_attr("IFLA_LINK_NETNSID") is not None,
     )
 
 
@@ -69,6 +75,11 @@ class LinkFollower:
         self.overruns = 0  # ENOBUFS seen (each answered by a dump)
         self.dumps = 0
         self.changed = asyncio.Event()
+
+    def veth_peer_elsewhere(self, ifindex: int) -> bool:
+        """A veth whose peer is in another network namespace (the BPF path's shortcut)."""
+        link = self.links.get(ifindex)
+        return link is not None and link.kind == "veth" and link.peer_elsewhere
 
     def names(self) -> dict[str, Link]:
         return {link.name: link for link in self.links.values()}

@@ -108,7 +108,7 @@ class Supervisor:
         self.fastpath = KernelPath(
             config.fastpath_engine,
             FastPath(enabled=config.fastpath_enabled),
-            BpfPath(config.fastpath_bpf_object),
+            BpfPath(config.fastpath_bpf_object, self._veth_peer_elsewhere),
         )
         self.saver = StateSaver(config.state_dir)
         self.events = EventPublisher()
@@ -310,6 +310,9 @@ class Supervisor:
 
     def _fastpath_dirty(self) -> None:
         self.timers.poke()
+
+    def _veth_peer_elsewhere(self, ifindex: int) -> bool:
+        return self.links.veth_peer_elsewhere(ifindex)  # read once the path runs
 
     def _committed(self) -> None:
         self.stats.keep_interfaces(self.state.topology.interfaces)

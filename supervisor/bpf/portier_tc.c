@@ -42,6 +42,11 @@ struct route_key {
 
 #define ROUTE_CHECKING 1u      /* an owner check is pending (see answer_ns) */
 #define ROUTE_ROUTER   2u      /* the neighbor is a router: R flag in the NA */
+/* The egress is a veth whose peer lives in another network namespace: the frame goes
+ * straight into the peer's ingress (bpf_redirect_peer), skipping the egress's transmit
+ * path and the backlog queue, so forwarding costs little more than the wire.  Tools on
+ * the egress itself (tcpdump, tc egress) do not see these frames. */
+#define ROUTE_PEER     4u
 
 struct route {
 	__u32 ifindex;         /* egress member */
@@ -112,6 +117,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);  /* NAs sent */
 } answered SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);  /* frames redirected to another member */
+} forwarded SEC(".maps");
 
 /* --- frame offsets (Ethernet + IPv6, as portier/frame.py names them) --- */
 
@@ -355,7 +367,8 @@ int portier_ingress(struct __sk_buff *skb)
 	struct ipv6hdr *ip6;
 	struct member *m;
 	struct route *r;
-	__u32 l4 = 0;
+	__u32 l4 = 0, zero = 0;
+	__u64 *count;
 	int proto;
 	__u8 type;
 
@@ -448,6 +461,11 @@ int portier_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;  /* the egress's own MAC: our echo */
 	__builtin_memcpy(eth->h_dest, r->dmac, 6);
 	__builtin_memcpy(eth->h_source, r->smac, 6);
+	count = bpf_map_lookup_elem(&forwarded, &zero);
+	if (count)
+		*count += 1;  /* per CPU: no atomic needed */
+	if (r->flags & ROUTE_PEER)
+		return bpf_redirect_peer(r->ifindex, 0);
 	return bpf_redirect(r->ifindex, 0);
 }
 

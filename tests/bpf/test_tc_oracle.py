@@ -46,6 +46,7 @@ from portier.ndmsg import (
 )
 from portier.neighbors import NeighborCache
 from portier.supervisor import bpfload
+from portier.supervisor.bpfpath import BpfPath
 
 IFINDEX = {UP: 900021, DOWN1: 900022, DOWN2: 900023}
 ND_TYPES = range(133, 138)
@@ -63,6 +64,8 @@ class Case:
         self.now = time.monotonic()
         self.topology, self.neighbors = build_state(IFINDEX, self.now)
         self.tc = bpfload.TcObject(obj)
+        self.path = BpfPath()  # the supervisor's reader of the program's counters
+        self.path.adopt(self.tc)
 
     @property
     def state(self) -> tuple[Topology, NeighborCache]:
@@ -80,7 +83,10 @@ class Case:
             segment = _segment_bytes(frame, gso["gso_size"])
         engine = Engine(self.topology, self.neighbors)
         actions = engine.handle_frame(ingress, frame, self.now, segment_bytes=segment)
+        forwarded = self.path.counter("forwarded")
         verdict, out = self.tc.test_run(frame, IFINDEX.get(ingress, 900099), **gso)
+        redirected = verdict == bpfload.TC_ACT_REDIRECT
+        assert self.path.counter("forwarded") == forwarded + redirected
         forwards = [
             a
             for a in actions

@@ -61,6 +61,7 @@ def tc(tmp_path_factory: pytest.TempPathFactory) -> bpfload.TcObject:
         ("onlink", PREFIX_KEY.size, 1, 1024),
         ("liveness", 4, 8, 1),
         ("answered", 4, 8, 1),
+        ("forwarded", 4, 8, 1),
     ],
 )
 def test_maps_have_the_layout_the_supervisor_packs(

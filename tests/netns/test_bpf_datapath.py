@@ -38,11 +38,14 @@ def test_unicast_goes_through_the_program_not_the_workers(bpf):
     lab, daemon, (address1, _) = bpf
     view = daemon.call("fastpath")
     assert view["engine"] == "bpf" and view["active"] and view["fallback"] == "", view
+    # Every egress here is a veth whose peer is in another namespace: the short way.
+    assert view["peer_routes"] == view["neighbors"], view
     assert all(ours(lab, name) for name in ("up0", "vm1", "vm2"))
     assert "table netdev portier" not in lab.ns(lab.proxy, "nft", "list", "ruleset").stdout
     before = settled_counter(daemon, "up0", "rx_data")
     assert lab.ping(lab.router, address1, count=50, extra=("-i", "0.01")).returncode == 0
     assert settled_counter(daemon, "up0", "rx_data") - before < 5
+    assert daemon.call("fastpath")["kernel_packets"] - view["kernel_packets"] >= 100
     # The hop limit the guest chose still arrives.
     receiver = lab.spawn(
         lab.router, sys.executable, PEERS, "udprecv", "5002", "3", stdout=subprocess.PIPE, text=True
@@ -105,3 +108,18 @@ def test_a_program_that_does_not_load_falls_back_to_nftables(make_lab, tmp_path)
     lab.wait_ping(lab.router, address)
     assert "table netdev portier" in lab.ns(lab.proxy, "nft", "list", "ruleset").stdout
     assert not ours(lab, "vm1")
+
+
+def test_the_kernel_answers_the_routers_ns_and_the_workers_do_not(bpf):
+    lab, daemon, (address1, _) = bpf
+    wait_for(lambda: daemon.call("status")["fastpath"]["engine"] == "bpf", 5, "the BPF path")
+    kernel_before = daemon.call("fastpath")["answered"]
+    workers_before = settled_counter(daemon, "up0", "answered")
+    lab.ns(lab.router, "ip", "-6", "neigh", "flush", "dev", "r0")
+    assert lab.ping(lab.router, address1).returncode == 0
+    wait_for(
+        lambda: daemon.call("fastpath")["answered"] > kernel_before,
+        5,
+        "the kernel's NA for the router's NS",
+    )
+    assert settled_counter(daemon, "up0", "answered") == workers_before

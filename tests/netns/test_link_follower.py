@@ -36,14 +36,17 @@ async def main(batches):
     task = asyncio.create_task(follower.run())
     while follower.dumps == 0:
         await asyncio.sleep(0.01)
-    results = []
+    results, veths, shortcuts = [], [], []
     for batch in batches:
         subprocess.run(["ip", "-batch", batch], check=True)
         deadline = time.monotonic() + 30
         while set(follower.names()) != kernel_links() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         results.append(set(follower.names()) == kernel_links())
-    print(json.dumps({"matched": results, "overruns": follower.overruns,
+        veths.append(sum(l.kind == "veth" for l in follower.links.values()))
+        shortcuts.append(sum(map(follower.veth_peer_elsewhere, follower.links)))
+    print(json.dumps({"matched": results, "veths": veths, "shortcuts": shortcuts,
+                      "overruns": follower.overruns,
                       "dumps": follower.dumps, "handoffs": handoffs, "links": len(follower.links)}))
     task.cancel()
 
@@ -78,3 +81,5 @@ def test_hundreds_of_links_at_once_overrun_and_the_table_still_matches(namespace
     assert report["overruns"] >= 1, f"the storm never overran the socket: {report}"
     assert report["dumps"] == 1 + report["overruns"], report
     assert report["links"] == 1  # lo, once the pairs are gone
+    # Both ends of each pair are here: no veth whose peer is elsewhere (the BPF shortcut).
+    assert report["veths"] == [2 * PAIRS, 0] and report["shortcuts"] == [0, 0], report

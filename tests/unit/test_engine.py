@@ -552,6 +552,23 @@ def test_the_early_answer_leaves_what_it_does_not_answer_to_handle_frame(engine)
     assert engine.counters["answered"] == 0
 
 
+def test_while_the_kernel_answers_its_ns_shape_the_worker_does_not(engine):
+    """The BPF path answers the NS with only an SLLA option; the rest is still ours."""
+    learn_router_and_guests(engine, now=1.0)
+    engine.topology.kernel_answers = True
+    frame = router_asks_for_guest1()
+    assert early_answer(engine, frame, 2.0) is None
+    assert set(sent(engine.handle_frame("up0", frame, 2.0))) == {"vm1", "vm2"}  # forwarded
+    assert engine.counters["answered"] == 0
+    # An NS with a nonce option (RFC 3971 style) is not the kernel's shape: answered here.
+    nonce = LinkLayerAddressOption(14, bytes(6))
+    ns = NeighborSolicitation(GUEST1, (LinkLayerAddressOption(1, ROUTER_MAC), nonce))
+    other = nd_frame(ROUTER_MAC, None, ROUTER, solicited_node(GUEST1), ns)
+    assert early_answer(engine, other, 2.0) is not None
+    engine.topology.kernel_answers = False
+    assert early_answer(engine, frame, 2.0) is not None
+
+
 def test_a_stale_replica_answers_nothing(engine):
     learn_router_and_guests(engine, now=1.0)
     early = EarlyAnswers()

@@ -203,3 +203,14 @@ def test_coalesced_topology_ops_leave_a_replica_as_all_of_them_in_order():
     assert [c["op"] for c in merged] == ["topology", "flush", "flush"]
     assert merged[0] is changes[2] and merged[1:] == [changes[1], changes[3]]
     assert coalesce(changes[:2]) == changes[:2]
+
+
+def test_the_kernel_answers_flag_travels_with_the_topology():
+    topology = Topology()
+    topology.kernel_answers = True
+    assert topology_from_wire(topology_to_wire(topology)).kernel_answers is True
+    older = topology_to_wire(Topology())
+    del older["kernel_answers"]  # from a supervisor that predates it
+    assert topology_from_wire(older).kernel_answers is False
+    with pytest.raises(SchemaError):
+        topology_from_wire({**older, "kernel_answers": "yes"})
