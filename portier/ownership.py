@@ -12,7 +12,8 @@ The rules, all of them:
   NS to the address, out of the owner's member, sent by the proxy.
 - Owner answers (anything from the owner's member and MAC for that address) within
   `probe_s` -> the claim is refused.  Owner silent -> the entry moves to the claimant,
-  and the kernel fast path follows at once.  One check per address at a time.
+  and the kernel fast path follows at once.  One check per address at a time.  While a
+  loop keeps the owner's member disabled the owner cannot be asked: claims are refused.
 - A member owns at most `per_member_limit` addresses per group (the upstream, which
   speaks for a whole link, excepted); over it, its new claims are refused and counted,
   and nobody's entry is evicted to make room (neighbors.py states the capacity rule).
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 from portier.fairshare import TokenBuckets
-from portier.groups import Topology
+from portier.groups import DisableReason, Topology
 from portier.neighbors import Neighbor, NeighborCache
 
 DEFAULT_PROBE_S = 1.0
@@ -146,6 +147,11 @@ class OwnerChecks:
             return None
         if not protected(self.topology, entry):
             return None
+        owner = self.topology.interfaces.get(entry.interface)
+        if owner is not None and DisableReason.LOOP_DETECTED in owner.disable_reasons:
+            # A loop cut the owner's member off for a while: it cannot be asked, and it is
+            # not gone.  Its address (most often the router's) stays with it.
+            return Settled(ClaimOutcome.REFUSED, entry.copy(), interface, mac)
         if quota_applies(self.topology, group, interface) and self.neighbors.at_quota(
             group, interface
         ):

@@ -219,6 +219,19 @@ def test_router_addresses_learned_upstream_stay_pinned_while_it_answers(engine, 
     assert engine.neighbors.get("lan", ROUTER_LL).owned_by("up0", ROUTER_MAC)
 
 
+def test_while_a_loop_cuts_the_routers_member_off_its_address_stays(engine, checks):
+    """The owner check cannot go out of a loop-disabled member; the claim is refused,
+    not left to run out as if the router had gone (found by the property test)."""
+    ra = RouterAdvertisement(router_lifetime_s=1800)
+    engine.handle_frame("up0", nd_frame(ROUTER_MAC, None, ROUTER_LL, ALL_NODES, ra), 1.0)
+    engine.topology.detect_loop("up0", 1.5)
+    actions = engine.handle_frame("vm2", unsolicited_na(GUEST2_MAC, ROUTER_LL), 2.0)
+    settled = claim_from(checks, actions, 2.0)
+    assert isinstance(settled, Settled) and settled.outcome is ClaimOutcome.REFUSED
+    assert not checks.due(10.0)
+    assert engine.neighbors.get("lan", ROUTER_LL).owned_by("up0", ROUTER_MAC)
+
+
 def test_a_group_with_ownership_off_is_last_writer_wins(engine, checks):
     engine.topology.groups["lan"].ownership = False
     engine.handle_frame("vm1", unsolicited_na(GUEST1_MAC, GUEST1), 1.0)
