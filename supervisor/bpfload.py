@@ -11,13 +11,11 @@ import ctypes.util
 import subprocess
 from pathlib import Path
 
+from portier.supervisor.bpfmaps import BpfError, BpfMap
+
 SOURCE = Path(__file__).parent / "bpf" / "portier_tc.c"
 TC_ACT_OK = 0
 TC_ACT_REDIRECT = 7
-
-
-class BpfError(OSError):
-    """A libbpf call failed; the message names the call."""
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -54,13 +52,6 @@ def _lib() -> ctypes.CDLL:
     lib.bpf_object__find_map_by_name.restype = ctypes.c_void_p
     lib.bpf_object__find_map_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     lib.bpf_map__fd.argtypes = [ctypes.c_void_p]
-    lib.bpf_map_update_elem.argtypes = [
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_uint64,
-    ]
-    lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
     lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
     return lib
 
@@ -110,12 +101,10 @@ class TcObject:
         return int(self._lib.bpf_map__fd(m))
 
     def update(self, name: str, key: bytes, value: bytes) -> None:
-        err = self._lib.bpf_map_update_elem(self.map_fd(name), key, value, 0)
-        if err:
-            raise BpfError(-err, f"bpf_map_update_elem({name})")
+        BpfMap(name, self.map_fd(name), len(key), len(value)).update(key, value)
 
     def delete(self, name: str, key: bytes) -> None:
-        self._lib.bpf_map_delete_elem(self.map_fd(name), key)
+        BpfMap(name, self.map_fd(name), len(key), 0).delete(key)
 
     def test_run(
         self,

@@ -12,7 +12,9 @@ import errno
 import functools
 import os
 
-from portier.supervisor.bpfload import BpfError
+
+class BpfError(OSError):
+    """A libbpf call failed; the message names the call."""
 
 
 @functools.cache

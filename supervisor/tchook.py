@@ -14,7 +14,7 @@ import ctypes.util
 import errno
 import functools
 
-from portier.supervisor.bpfload import BpfError
+from portier.supervisor.bpfmaps import BpfError
 
 BPF_TC_INGRESS = 1
 BPF_TC_F_REPLACE = 1

@@ -11,7 +11,6 @@ the namespace, and the attachment with it, goes when the module is done.
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import time
 from collections.abc import Iterator
@@ -38,43 +37,10 @@ from portier.answers import EarlyAnswers, build_answer_table
 from portier.frame import NH_ICMPV6, IPv6Header, build_frame
 from portier.ndmsg import LinkLayerAddressOption, NeighborSolicitation, OptionType, encode_nd
 from portier.supervisor import bpfload
+from portier.supervisor.tchook import attach
 
-BPF_TC_INGRESS = 1
 ARRIVE_WAIT_S = 1.0
 SILENCE_WAIT_S = 0.2
-
-
-class _TcHook(ctypes.Structure):  # struct bpf_tc_hook (libbpf.h)
-    _fields_ = [
-        ("sz", ctypes.c_size_t),
-        ("ifindex", ctypes.c_int),
-        ("attach_point", ctypes.c_int),
-        ("parent", ctypes.c_uint32),
-    ]
-
-
-class _TcOpts(ctypes.Structure):  # struct bpf_tc_opts (libbpf.h)
-    _fields_ = [
-        ("sz", ctypes.c_size_t),
-        ("prog_fd", ctypes.c_int),
-        ("flags", ctypes.c_uint32),
-        ("prog_id", ctypes.c_uint32),
-        ("handle", ctypes.c_uint32),
-        ("priority", ctypes.c_uint32),
-    ]
-
-
-def _attach_ingress(tc: bpfload.TcObject, ifindex: int) -> None:
-    """clsact on `ifindex` (of the caller's namespace) and the program on its ingress."""
-    lib = ctypes.CDLL(tc._lib._name, use_errno=True)
-    lib.bpf_tc_hook_create.argtypes = [ctypes.POINTER(_TcHook)]
-    lib.bpf_tc_attach.argtypes = [ctypes.POINTER(_TcHook), ctypes.POINTER(_TcOpts)]
-    hook = _TcHook(sz=ctypes.sizeof(_TcHook), ifindex=ifindex, attach_point=BPF_TC_INGRESS)
-    err = lib.bpf_tc_hook_create(ctypes.byref(hook))
-    assert err == 0, f"bpf_tc_hook_create: {err}"
-    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=tc.prog_fd, handle=1, priority=1)
-    err = lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
-    assert err == 0, f"bpf_tc_attach: {err}"
 
 
 @dataclass
@@ -112,7 +78,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         tc = bpfload.TcObject(obj)
         ifindex = {UP: 900021, DOWN1: space.ifindex("pta"), DOWN2: space.ifindex("ptc")}
         with space.entered():
-            _attach_ingress(tc, ifindex[DOWN1])
+            attach(ifindex[DOWN1], tc.prog_fd)
         yield Lab(space, tc, ifindex, time.monotonic())
     finally:
         space.destroy()

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from counters import settled_counter
+from fastlab import forwarding_lab, hop_limits_arriving, settled_counter
 from lab import ROUTER_ADDRESS, Lab, wait_for
 from labdaemon import Daemon
-from peers import PEERS
 
 BPF = '[fastpath]\nengine = "bpf"\n'
 
@@ -24,14 +20,7 @@ def ours(lab: Lab, interface: str) -> bool:
 
 @pytest.fixture
 def bpf(make_lab):
-    lab = make_lab(guests=2)
-    daemon = Daemon(lab, extra=BPF).start()
-    addresses = [lab.wait_slaac(g) for g in lab.guest_list]
-    for guest, address in zip(lab.guest_list, addresses, strict=True):
-        lab.wait_ping(guest.name, ROUTER_ADDRESS)
-        assert lab.ping(lab.router, address).returncode == 0
-    wait_for(lambda: daemon.call("fastpath")["neighbors"] >= 4, 5, "neighbors in the maps")
-    return lab, daemon, addresses
+    return forwarding_lab(make_lab, BPF)
 
 
 def test_unicast_goes_through_the_program_not_the_workers(bpf):
@@ -46,16 +35,7 @@ def test_unicast_goes_through_the_program_not_the_workers(bpf):
     assert lab.ping(lab.router, address1, count=50, extra=("-i", "0.01")).returncode == 0
     assert settled_counter(daemon, "up0", "rx_data") - before < 5
     assert daemon.call("fastpath")["kernel_packets"] - view["kernel_packets"] >= 100
-    # The hop limit the guest chose still arrives.
-    receiver = lab.spawn(
-        lab.router, sys.executable, PEERS, "udprecv", "5002", "3", stdout=subprocess.PIPE, text=True
-    )
-    assert receiver.stdout.readline().strip() == "listening"
-    sender = lab.spawn(
-        lab.guest_list[0].name, sys.executable, PEERS, "udpsend", ROUTER_ADDRESS, "5002", "37"
-    )
-    assert [receiver.stdout.readline().strip() for _ in range(3)] == ["37", "37", "37"]
-    sender.terminate()
+    assert hop_limits_arriving(lab, 37) == [37, 37, 37]  # the guest's, untouched
 
 
 def test_a_recreated_interface_gets_the_program_again(bpf):
