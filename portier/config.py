@@ -67,7 +67,7 @@ class Config:
     curve_secret_key: Path | None = None  # the server's key pair (zmq certificate file)
     curve_authorized_keys: Path | None = None  # clients' public certificates (a folder)
     fastpath_enabled: bool = True
-    fastpath_engine: str = "nftables"  # "bpf", "nftables" or "off"
+    fastpath_engine: str = "bpf"  # "bpf" (falling back to "nftables"), "nftables" or "off"
     fastpath_bpf_object: Path | None = None  # default: the one built beside its source
     groups: tuple[GroupConfig, ...] = field(default_factory=tuple)
     source: str = "<defaults>"
@@ -196,7 +196,7 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
             raise ConfigError(path, f"neighbors.last_writer_wins[{index}]", "must be a group name")
     fastpath = _table(data, "fastpath", {"enabled", "engine", "bpf_object"}, path)
     fastpath_enabled = _typed(fastpath, "enabled", bool, "fastpath.enabled", path, True)
-    engine = _typed(fastpath, "engine", str, "fastpath.engine", path, "nftables")
+    engine = _typed(fastpath, "engine", str, "fastpath.engine", path, "bpf")
     if engine not in FASTPATH_ENGINES:
         raise ConfigError(path, "fastpath.engine", 'must be "bpf", "nftables" or "off"')
     bpf_object = _typed(fastpath, "bpf_object", str, "fastpath.bpf_object", path, None)

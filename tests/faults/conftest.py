@@ -66,7 +66,10 @@ class FaultLab:
         self.bin.mkdir()
         self.nft = self.bin / "nft"
         shutil.copy2(shutil.which("nft") or "/usr/sbin/nft", self.nft)
-        self.daemon = Daemon(lab, extra='[metrics]\nlisten = "127.0.0.1:9470"\n')
+        # The nftables engine: the faults include nft itself failing.
+        self.daemon = Daemon(
+            lab, extra='[metrics]\nlisten = "127.0.0.1:9470"\n[fastpath]\nengine = "nftables"\n'
+        )
         self.launcher = ["env", f"PATH={self.bin}:/usr/bin:/bin"]
         self.addresses: list[str] = []
 

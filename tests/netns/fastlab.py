@@ -11,8 +11,10 @@ from lab import ROUTER_ADDRESS, Lab, wait_for
 from labdaemon import Daemon
 from peers import PEERS
 
+NFT = '[fastpath]\nengine = "nftables"\n'  # for tests of the nftables engine itself
 
-def forwarding_lab(make_lab, extra: str = "") -> tuple[Lab, Daemon, list[str]]:
+
+def forwarding_lab(make_lab, extra: str = NFT) -> tuple[Lab, Daemon, list[str]]:
     """Both guests on SLAAC, reachable both ways, and their neighbors in the kernel."""
     lab = make_lab(guests=2)
     daemon = Daemon(lab, extra=extra).start()

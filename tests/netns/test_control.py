@@ -488,7 +488,7 @@ def test_tcp_control_needs_an_authorized_curve_key(make_lab):
 
 def test_reload_turns_the_fast_path_off_and_on_again(make_lab):
     lab = make_lab(guests=1, radvd=False)
-    daemon = Daemon(lab, extra="[fastpath]\nenabled = true").start()
+    daemon = Daemon(lab, extra='[fastpath]\nenabled = true\nengine = "nftables"').start()
     wait_for(lambda: daemon.call("status")["fastpath"]["active"], 10, "fast path on")
     status = daemon.call("status")
     assert status["ready"]

@@ -5,7 +5,7 @@ import json
 import sys
 
 import pytest
-from fastlab import forwarding_lab, hop_limits_arriving, settled_counter
+from fastlab import NFT, forwarding_lab, hop_limits_arriving, settled_counter
 from lab import ROUTER_ADDRESS, Lab, wait_for
 from labdaemon import Daemon
 from peers import PEERS
@@ -109,7 +109,7 @@ def test_stop_leaves_nothing_and_start_cleans_up(make_lab):
     # What a crashed run might have left behind.
     lab.ns(lab.proxy, "nft", "add", "table", "netdev", "portier")
     lab.ns(lab.proxy, "nft", "add", "chain", "netdev", "portier", "leftover")
-    daemon = Daemon(lab).start()
+    daemon = Daemon(lab, extra=NFT).start()
     guest = lab.guest_list[0]
     lab.wait_slaac(guest)
     lab.wait_ping(guest.name, ROUTER_ADDRESS)
@@ -121,7 +121,7 @@ def test_stop_leaves_nothing_and_start_cleans_up(make_lab):
 
 def test_without_nft_the_workers_forward_everything(make_lab):
     lab = make_lab(guests=1)
-    daemon = Daemon(lab).start(launcher=["env", "PATH=/nonexistent"])
+    daemon = Daemon(lab, extra=NFT).start(launcher=["env", "PATH=/nonexistent"])
     guest = lab.guest_list[0]
     address = lab.wait_slaac(guest)
     lab.wait_ping(guest.name, ROUTER_ADDRESS)

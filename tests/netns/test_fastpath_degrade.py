@@ -28,6 +28,7 @@ from portier.supervisor import fastpath as fastpath_module
 from portier.supervisor.fastpath import FastPath, neighbor_chain
 
 NFT = "/usr/sbin/nft"
+NFT_ENGINE = '[fastpath]\nengine = "nftables"\n'
 
 
 def executable(path: Path, on: bool) -> None:
@@ -67,7 +68,7 @@ def daemon_with_own_nft(make_lab):
     wrapper.write_text(f'#!/bin/sh\nexec {NFT} "$@"\n')
     executable(wrapper, True)
     path = f"{bindir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
-    daemon = Daemon(lab).start(launcher=["env", f"PATH={path}"])
+    daemon = Daemon(lab, extra=NFT_ENGINE).start(launcher=["env", f"PATH={path}"])
     guest1 = lab.guest_list[0]
     address1 = lab.wait_slaac(guest1)
     lab.wait_ping(guest1.name, ROUTER_ADDRESS)

@@ -250,3 +250,15 @@ def test_worker_zygote_is_on_unless_turned_off():
     assert not parse_config("[daemon]\nworker_zygote = false\n").worker_zygote
     with pytest.raises(ConfigError, match=r"daemon\.worker_zygote"):
         parse_config('[daemon]\nworker_zygote = "yes"\n')
+
+
+def test_the_fast_path_engine_is_bpf_unless_chosen_otherwise():
+    default = parse_config("")
+    assert (default.fastpath_engine, default.fastpath_enabled) == ("bpf", True)
+    assert parse_config('[fastpath]\nengine = "nftables"\n').fastpath_engine == "nftables"
+    off = parse_config('[fastpath]\nengine = "off"\n')
+    assert not off.fastpath_enabled
+    chosen = parse_config('[fastpath]\nbpf_object = "/usr/lib/portier/portier_tc.o"\n')
+    assert str(chosen.fastpath_bpf_object) == "/usr/lib/portier/portier_tc.o"
+    with pytest.raises(ConfigError, match=r"fastpath\.engine"):
+        parse_config('[fastpath]\nengine = "xdp"\n')
