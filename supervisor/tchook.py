@@ -9,10 +9,12 @@ filters on it, and an empty clsact costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import functools
+from collections.abc import Iterator
 
 from portier.supervisor.bpfmaps import BpfError
 
@@ -47,6 +49,8 @@ class _Opts(ctypes.Structure):
 @functools.cache
 def _lib() -> ctypes.CDLL:
     lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+    lib.libbpf_set_print.restype = ctypes.c_void_p
+    lib.libbpf_set_print.argtypes = [ctypes.c_void_p]
     for name in ("bpf_tc_hook_create", "bpf_tc_attach", "bpf_tc_detach", "bpf_tc_query"):
         function = getattr(lib, name)
         function.restype = ctypes.c_int
@@ -56,6 +60,17 @@ def _lib() -> ctypes.CDLL:
             else [ctypes.POINTER(_Hook), ctypes.POINTER(_Opts)]
         )
     return lib
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """libbpf prints the kernel's refusal to stderr; a detach or query on an interface
+    without our filter (most of them, when a start sweeps them all) expects one."""
+    previous = _lib().libbpf_set_print(None)
+    try:
+        yield
+    finally:
+        _lib().libbpf_set_print(previous)
 
 
 def _hook(ifindex: int) -> _Hook:
@@ -84,7 +99,8 @@ def attach(ifindex: int, prog_fd: int) -> int:
 def detach(ifindex: int) -> bool:
     """Take our filter off the interface; False when it was not there (or no interface)."""
     hook, opts = _hook(ifindex), _ours()
-    err = _lib().bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+    with _quiet():
+        err = _lib().bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
     if err in (-errno.ENOENT, -errno.ENODEV, -errno.EINVAL):
         return False  # not attached, no such interface, or no clsact qdisc at all
     if err:
@@ -95,7 +111,8 @@ def detach(ifindex: int) -> bool:
 def attached(ifindex: int) -> int | None:
     """The id of the program in our filter on the interface, None when there is none."""
     hook, opts = _hook(ifindex), _ours()
-    err = _lib().bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
+    with _quiet():
+        err = _lib().bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
     if err:
         return None
     return int(opts.prog_id)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import secrets
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,30 @@ def test_everything_else_passes_up_unchanged(
     verdict, out = tc.test_run(frame, ifindex)
     assert verdict == bpfload.TC_ACT_OK
     assert out == frame
+
+
+def test_sweeping_interfaces_without_our_filter_is_silent() -> None:
+    """Start-up takes Portier's filter off every interface; where there is none (no clsact
+    at all, most of them), libbpf must not print the kernel's refusal each time."""
+    namespace = f"ptsweep{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        subprocess.run(
+            ["ip", "-n", namespace, "link", "add", "m1", "type", "veth", "peer", "name", "p1"],
+            check=True,
+        )
+        sweep = (
+            "from portier.supervisor.bpfpath import BpfPath;"
+            "from portier.supervisor import tchook;"
+            "print(BpfPath.clean_up_everywhere(), tchook.attached(1))"
+        )
+        result = subprocess.run(
+            ["ip", "netns", "exec", namespace, sys.executable, "-c", sweep],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "None"] and result.stderr == "", result
