@@ -86,9 +86,12 @@ class KernelPath:
             if step == "sync":
                 self.bpf.sync(topology, neighbors, now)
                 return 0
+            # The check reads every map entry back (tens of thousands of syscalls at scale):
+            # in a thread, as the nft path lists its table, so the loop is never held.  The
+            # lock keeps `programmed` still meanwhile.
             if step == "maintain":
-                return self.bpf.maintain(topology, neighbors, now)
-            return self.bpf.check(topology, neighbors, now)
+                return await asyncio.to_thread(self.bpf.maintain, topology, neighbors, now)
+            return await asyncio.to_thread(self.bpf.check, topology, neighbors, now)
         except (BpfError, OSError) as exc:
             await self._give_up_bpf(exc)
             self._use("nftables")
