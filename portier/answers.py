@@ -4,7 +4,9 @@ A multicast NS for a neighbor seen in the last ANSWER_FRESH_S behind another ena
 member of the ingress's group is answered by the proxy: a solicited NA, override clear,
 naming the ingress's MAC (the answer the neighbor's own NA would bring back through the
 proxy anyway, one round trip later).  DAD probes (from the unspecified address) are never
-answered: the owner must defend its address itself.
+answered: the owner must defend its address itself.  Nor is a target whose owner is being
+checked (ownership.py): until the check settles, the proxy does not know which member
+the address lives behind, so the NS is relayed and the owner (or the claimant) answers.
 
 The worker answers from a thread of its own, ahead of everything else, while its main
 thread keeps changing the replica.  So that thread never reads the live topology or
@@ -121,9 +123,12 @@ def announcement_frame(upstream_mac: bytes, target: bytes, is_router: bool) -> b
 
 def answerable(topology: Topology, ingress: str, entry: Neighbor | None) -> bool:
     """Whether the proxy speaks for `entry` on `ingress`: it lives behind another enabled
-    member of the ingress's group (freshness is the caller's, it depends on `now`)."""
+    member of the ingress's group and no owner check of it runs (freshness is the
+    caller's, it depends on `now`)."""
     iface = topology.interfaces.get(ingress)
     if entry is None or iface is None or entry.interface == ingress or entry.group != iface.group:
+        return False
+    if entry.check_until:
         return False
     owner = topology.interfaces.get(entry.interface)
     return owner is not None and owner.enabled and owner.group == iface.group

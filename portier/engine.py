@@ -27,9 +27,10 @@ The rules (RFC 4389, with Portier's groups):
   for it is reported (that is its answer).  `probe()` builds the owner check's NS.
 - The proxy's own work on a member's behalf (solicitations for its held frames, owner
   check reports, early answers) is rate-limited per member (fairshare.py).
-- A multicast NS for a neighbor seen in the last ANSWER_FRESH_S behind another member is
-  answered by the proxy (its own MAC, override clear) and still forwarded (answers.py
-  holds the answer, and answers it ahead of everything else for the worker).
+- A multicast NS for a neighbor seen in the last ANSWER_FRESH_S behind another member,
+  and not under an owner check, is answered by the proxy (its own MAC, override clear)
+  and still forwarded (answers.py holds the answer, and answers it ahead of everything
+  else for the worker).
 - An RA on a member other than the upstream, or a P-flagged RA on the upstream outside
   nested mode, is a loop: that member is disabled for the loop-disable time.  A group
   with no upstream has no router side: its RAs are proxied, not treated as loops.

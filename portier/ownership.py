@@ -12,7 +12,8 @@ The rules, all of them:
   NS to the address, out of the owner's member, sent by the proxy.
 - Owner answers (anything from the owner's member and MAC for that address) within
   `probe_s` -> the claim is refused.  Owner silent -> the entry moves to the claimant,
-  and the kernel fast path follows at once.  One check per address at a time.  While a
+  and the kernel fast path follows at once.  One check per address at a time, and
+  while it runs nobody answers an NS for the address on its behalf (answers.py).  While a
   loop keeps the owner's member disabled the owner cannot be asked: claims are refused.
 - A member owns at most `per_member_limit` addresses per group (the upstream, which
   speaks for a whole link, excepted); over it, its new claims are refused and counted,

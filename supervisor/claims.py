@@ -51,6 +51,10 @@ class ClaimDesk:
         if changes:
             self.committer.neighbors_dirty = True
             await self.channel.broadcast(changes)
+        if probes:
+            # The kernel's NS responder must stop answering for the address before its
+            # owner is asked (answers.py: nobody answers for an address under a check).
+            await self.committer.sync_fastpath()
         for probe in probes:
             self.stats.probes[probe.interface] += 1
             await self.channel.send(

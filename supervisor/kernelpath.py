@@ -9,14 +9,17 @@ removes whatever the other left, here or from a crashed run, and stopping remove
 The BPF path is not retried once it failed; a restart or a reload tries it again.
 
 While the BPF path runs, the topology says so (`kernel_answers`): the program answers
-the usual multicast NS itself, so the workers leave those to it (answers.py).  The
-workers learn it with the next topology they are sent.
+the usual multicast NS itself, so the workers leave those to it (answers.py).  Every
+change of it is replicated at once (`on_answers_changed`): after a fallback the workers
+answer those NS again from the next delta on, not from whatever topology change comes
+next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from portier.groups import Topology
@@ -31,8 +34,16 @@ log = logging.getLogger("portier.supervisor")
 class KernelPath:
     """The fast path the supervisor programs: FastPath's interface over both engines."""
 
-    def __init__(self, engine: str, nft: FastPath, bpf: BpfPath | None = None) -> None:
+    def __init__(
+        self,
+        engine: str,
+        nft: FastPath,
+        bpf: BpfPath | None = None,
+        on_answers_changed: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """`on_answers_changed`: replicate the topology (its `kernel_answers` changed)."""
         self.engine = engine
+        self.on_answers_changed = on_answers_changed
         self.nft = nft
         self.bpf = bpf or BpfPath()
         self.using = "off"
@@ -40,10 +51,13 @@ class KernelPath:
         self.topology: Topology | None = None
         self._lock = asyncio.Lock()
 
-    def _use(self, engine: str) -> None:
+    async def _use(self, engine: str) -> None:
         self.using = engine
-        if self.topology is not None:
-            self.topology.kernel_answers = engine == "bpf"
+        if self.topology is None or self.topology.kernel_answers == (engine == "bpf"):
+            return
+        self.topology.kernel_answers = engine == "bpf"
+        if self.on_answers_changed is not None:
+            await self.on_answers_changed()
 
     @property
     def wants_bpf(self) -> bool:
@@ -58,7 +72,7 @@ class KernelPath:
                 except (BpfError, OSError) as exc:
                     await self._give_up_bpf(exc)
                 else:
-                    self._use("bpf")
+                    await self._use("bpf")
                     self.fallback = ""
                     await self.nft.remove()  # no table an earlier run left forwards beside it
                     log.info("fast path on: BPF tc program")
@@ -66,7 +80,7 @@ class KernelPath:
             else:
                 await asyncio.to_thread(self.bpf.clean_up_everywhere)
             await self.nft.start(topology, neighbors, now)
-            self._use("nftables" if self.nft.enabled else "off")
+            await self._use("nftables" if self.nft.enabled else "off")
 
     async def _give_up_bpf(self, exc: BaseException) -> None:
         self.fallback = f"bpf: {exc}"
@@ -94,7 +108,7 @@ class KernelPath:
             return await asyncio.to_thread(self.bpf.check, topology, neighbors, now)
         except (BpfError, OSError) as exc:
             await self._give_up_bpf(exc)
-            self._use("nftables")
+            await self._use("nftables")
             await self.nft.start(topology, neighbors, now)
             return None
 
@@ -134,7 +148,7 @@ class KernelPath:
             async with self._lock:
                 await asyncio.to_thread(self._remove_bpf)
                 await self.nft.set_enabled(False, topology, neighbors, now)
-                self._use("off")
+                await self._use("off")
             return
         self.nft.enabled = True
         self.nft.reason = ""
@@ -144,7 +158,7 @@ class KernelPath:
         async with self._lock:
             await asyncio.to_thread(self._remove_bpf)
             await self.nft.remove()
-            self._use("off")
+            await self._use("off")
 
     def view(self) -> dict[str, Any]:
         if self.using == "bpf":

@@ -109,6 +109,7 @@ class Supervisor:
             config.fastpath_engine,
             FastPath(enabled=config.fastpath_enabled),
             BpfPath(config.fastpath_bpf_object, self._veth_peer_elsewhere),
+            on_answers_changed=lambda: self.channel.broadcast(self.state.topology_changed()),
         )
         self.saver = StateSaver(config.state_dir)
         self.events = EventPublisher()

@@ -205,9 +205,8 @@ static __always_inline int liveness_fresh(__u64 now)
  * with exactly one option, an 8-byte SLLA, and a valid checksum; a target with a
  * fresh route behind another member.  Any other NS is left to the workers.
  *
- * ROUTE_CHECKING is deliberately not consulted: the Python engine answers for a
- * neighbor while its owner is being checked (the answer names the proxy's MAC, which
- * is right whoever wins the check, and O=0 leaves the last word to the owner).
+ * Nor is a target whose owner is being checked (ROUTE_CHECKING): until the check
+ * settles nobody knows which member it lives behind, and answers.py is silent too.
  *
  * The NS must still go up, so the frame becomes the NA only for as long as it takes
  * to clone it out, and is then written back. */
@@ -257,7 +256,8 @@ static __always_inline void answer_ns(struct __sk_buff *skb, const struct member
 	key.group = m->group;
 	__builtin_memcpy(key.addr, &ns[62], 16);
 	r = bpf_map_lookup_elem(&routes, &key);
-	if (!r || r->ifindex == ifindex || now >= r->fresh_until_ns)
+	if (!r || r->ifindex == ifindex || now >= r->fresh_until_ns ||
+	    (r->flags & ROUTE_CHECKING))
 		return;
 	if (mac_eq(&ns[6], r->smac))
 		return;  /* the egress member's own MAC: our echo */

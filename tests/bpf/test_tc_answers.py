@@ -204,19 +204,6 @@ def test_answer_goes_to_the_slla_when_it_is_unicast_else_to_the_ethernet_source(
         assert na[0:6] == expected
 
 
-def test_neighbor_under_an_owner_check_is_answered_as_python_answers_it(
-    responder: Responder,
-) -> None:
-    """ROUTE_CHECKING set: the Python engine still answers (answers.py never looks at
-    the check), so the kernel does too, with the same bytes."""
-    entry = responder.neighbors.get(GROUP, HOSTS["h2"].address)
-    assert entry is not None
-    entry.claimant, entry.claimant_mac, entry.check_until = DOWN1, HOSTS["h1"].mac, 1e12
-    frame = solicitation()
-    na = responder.ask(frame)
-    assert na is not None and na == responder.python_answer(frame)
-
-
 # --- not answered --------------------------------------------------------------------
 
 
@@ -224,6 +211,19 @@ def _not_answered(responder: Responder, frame: bytes) -> None:
     assert responder.python_answer(frame) is None
     assert responder.ask(frame) is None
     assert bpfstate_answered(responder) == 0
+
+
+def test_neighbor_under_an_owner_check_is_never_answered(responder: Responder) -> None:
+    """ROUTE_CHECKING set: whose the address is is open, so neither answers; once the
+    check settles in the owner's favour both answer again."""
+    entry = responder.neighbors.get(GROUP, HOSTS["h2"].address)
+    assert entry is not None
+    entry.claimant, entry.claimant_mac, entry.check_until = DOWN1, HOSTS["h1"].mac, 1e12
+    _not_answered(responder, solicitation())
+    entry.claimant, entry.claimant_mac, entry.check_until = "", b"", 0.0
+    frame = solicitation()
+    na = responder.ask(frame)
+    assert na is not None and na == responder.python_answer(frame)
 
 
 def test_dad_probe_is_never_answered(responder: Responder) -> None:
