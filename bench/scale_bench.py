@@ -10,9 +10,9 @@ the CPU all of them used over 10 idle seconds and their wake-ups (context switch
 second, `portierctl status` latency through the control socket, and the time from a
 kill -9 of a guest's worker until that guest's ND works again (an NS for the router
 answered).  Runs with workers started by exec (the way before the zygote) for N up to
---exec-up-to, in the same run.  Then, apart from the lab, the kernel fast path with
+--exec-up-to, in the same run.  Then, apart from the lab, both kernel fast paths with
 16,000 neighbors: a full rebuild, and one new neighbor until its element is in the
-kernel.  Prints figures; asserts nothing.
+kernel (`--sizes ""` prints only these).  Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -363,10 +363,69 @@ async def fastpath_figures(neighbors_count: int, rounds: int) -> None:
     finally:
         run("ip", "netns", "del", namespace, check=False)
     print(
-        f"fast path, {neighbors_count} neighbors: full rebuild {rebuild * 1000:.0f} ms;"
+        f"fast path (nftables), {neighbors_count} neighbors: full rebuild {rebuild * 1000:.0f} ms;"
         f" one new neighbor to the kernel p50 {pct(added, 0.5) * 1000:.1f} ms,"
         f" p99 {pct(added, 0.99) * 1000:.1f} ms ({rounds} in turn)"
     )
+
+
+def bpf_figures(neighbors_count: int, rounds: int) -> None:
+    """The BPF engine on the same state: start (load, attach, fill), then new neighbors
+    programmed from the cache's journal, and, as the baseline in the same run, the same
+    with a whole-state compare each time (what every sync did before the journal)."""
+    from portier.neighbors import Neighbor
+    from portier.supervisor.bpfpath import BpfPath
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from fastpath_check_bench import build_state
+
+    namespace = "ptscale" + secrets.token_hex(3)
+    run("ip", "netns", "add", namespace)
+    lines: list[str] = []
+
+    def measure_in_namespace() -> None:
+        enter(namespace)  # this thread only: tc and the maps act there
+        topology, neighbors = build_state(namespace, neighbors_count + 2 * rounds)
+        path = BpfPath()
+        start = time.perf_counter()
+        path._start(topology, neighbors, 0.0)
+        started = time.perf_counter() - start
+        base = bytes.fromhex("20010db8000200000000000000000000")
+        figures = {}
+        for label, full in (("journal", False), ("whole-state compare", True)):
+            added = []
+            for n in range(rounds):
+                index = n + (rounds if full else 0)
+                address = base[:12] + index.to_bytes(4, "big")
+                mac = b"\x02\x01" + index.to_bytes(4, "big")
+                neighbors.put(Neighbor("lan", address, "m2", mac))
+                begin = time.perf_counter()
+                path.sync(topology, neighbors, 1.0, full=full)
+                added.append(time.perf_counter() - begin)
+            figures[label] = added
+        programmed = path.view()["neighbors"]
+        path.remove()
+        lines.append(
+            f"fast path (bpf), {neighbors_count} neighbors: start {started * 1000:.0f} ms;"
+            + ";".join(
+                f" one new neighbor ({label}) p50 {pct(added, 0.5) * 1000:.2f} ms,"
+                f" p99 {pct(added, 0.99) * 1000:.2f} ms"
+                for label, added in figures.items()
+            )
+            + f" ({rounds} each; {programmed} routes programmed)"
+        )
+
+    try:
+        for a, b in (("m1", "p1"), ("m2", "p2")):
+            run("ip", "-n", namespace, "link", "add", a, "type", "veth", "peer", "name", b)
+            run("ip", "-n", namespace, "link", "set", a, "up")
+            run("ip", "-n", namespace, "link", "set", b, "up")
+        worker = threading.Thread(target=measure_in_namespace)
+        worker.start()
+        worker.join()
+    finally:
+        run("ip", "netns", "del", namespace, check=False)
+    print("\n".join(lines) or "fast path (bpf): failed (see the error above)")
 
 
 def main() -> int:
@@ -376,7 +435,7 @@ def main() -> int:
     parser.add_argument("--fastpath-neighbors", type=int, default=16000)
     args = parser.parse_args()
     rows: list[tuple[str, dict[str, float]]] = []
-    for n in (int(size) for size in args.sizes.split(",")):
+    for n in (int(size) for size in args.sizes.split(",") if size):
         lab = Lab(guests=n)
         started = time.monotonic()
         lab.up()
@@ -392,6 +451,7 @@ def main() -> int:
         finally:
             lab.down()
     asyncio.run(fastpath_figures(args.fastpath_neighbors, 50))
+    bpf_figures(args.fastpath_neighbors, 200)
     print()
     print(
         "| N | workers | READY=1 s | ready s | worker USS / PSS MiB | all USS / PSS MiB |"

@@ -93,12 +93,31 @@ class NeighborCache:
         self._routers: dict[str, set[bytes]] = {}
         # (group, member) -> how many entries that member owns there.
         self._owned: Counter[tuple[str, str]] = Counter()
+        # Keys stored, changed or removed since the journal was last taken (None: no one
+        # asked for one).  The BPF path programs only these (supervisor/bpfpath.py).
+        self._journal: set[tuple[str, bytes]] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[Neighbor]:
         return iter(list(self._entries.values()))
+
+    def keep_journal(self, keep: bool = True) -> None:
+        """Start (or stop) recording which keys change (take_journal hands them over)."""
+        self._journal = set() if keep else None
+
+    def take_journal(self) -> set[tuple[str, bytes]] | None:
+        """The keys changed since the last call, or None when no journal is kept."""
+        journal = self._journal
+        if journal is not None:
+            self._journal = set()
+        return journal
+
+    def touched(self, entry: Neighbor) -> None:
+        """`entry` was changed in place by its caller (an owner check's fields)."""
+        if self._journal is not None:
+            self._journal.add((entry.group, entry.address))
 
     def get(self, group: str, address: bytes) -> Neighbor | None:
         return self._entries.get((group, address))
@@ -150,6 +169,7 @@ class NeighborCache:
             entry.last_seen = now
             del self._entries[key]
             self._entries[key] = entry
+            self.touched(entry)
         if changed or now - entry.reported_at >= self.report_interval_s:
             entry.reported_at = now
             return entry
@@ -169,6 +189,7 @@ class NeighborCache:
         self._count(entry.group, entry.interface, 1)
         if entry.is_router:
             self._index_router(entry)
+        self.touched(entry)
 
     def _count(self, group: str, interface: str, delta: int) -> None:
         owner = (group, interface)
@@ -195,6 +216,7 @@ class NeighborCache:
         entry = self._entries.pop(key, None)
         if entry is None:
             return None
+        self.touched(entry)
         self._count(entry.group, entry.interface, -1)
         if entry.is_router:
             self._routers[entry.group].discard(entry.address)

@@ -162,6 +162,7 @@ class OwnerChecks:
         entry.claimant = interface
         entry.claimant_mac = mac
         entry.check_until = now + self.probe_s
+        self.neighbors.touched(entry)
         self._deadlines[(group, address)] = entry.check_until
         return Probe(group, address, entry.interface, entry.mac)
 
@@ -203,3 +204,4 @@ class OwnerChecks:
         entry.claimant = ""
         entry.claimant_mac = b""
         entry.check_until = 0.0
+        self.neighbors.touched(entry)

@@ -4,8 +4,10 @@ What the kernel should do comes from the same model as the nftables path
 (fastpath.desired_state: which members forward, which neighbors, the source checks, the
 on-link prefixes, the router for off-link destinations), packed into the maps the
 program reads (supervisor/bpf/portier_tc.c documents each).  Programming is a diff of
-map entries and of the interfaces the program is attached to, applied entry by entry,
-so a new neighbor costs one map write, not a transaction.  Every CHECK_INTERVAL_S the
+map entries and of the interfaces the program is attached to, applied entry by entry.
+While the topology's part of the model (fastpath.Frame) stays the same, only the
+neighbors the cache's journal names are packed and compared, so a new neighbor costs
+its own few map writes whatever the size of the cache; a changed frame compares all.  Every CHECK_INTERVAL_S the
 maps and the attachments are read back and compared with what was programmed; any
 drift is repaired by writing everything again.  `liveness` is pushed forward on every
 timer tick: if the supervisor stalls, the kernel stops answering NS on its behalf
@@ -30,15 +32,16 @@ from typing import Any
 
 from portier.answers import ANSWER_FRESH_S
 from portier.groups import Topology
-from portier.neighbors import NeighborCache
+from portier.neighbors import Neighbor, NeighborCache
 from portier.supervisor import tchook
 from portier.supervisor.bpfload import SOURCE, BpfError, TcObject, compile_object
 from portier.supervisor.bpfmaps import BpfMap
-from portier.supervisor.fastpath import desired_state, neighbor_chain
+from portier.supervisor.fastpath import Frame, foreign_to, forwarding_frame, neighbor_rule
 
 log = logging.getLogger("portier.supervisor")
 
 CHECK_INTERVAL_S = 10.0
+INCREMENTAL_MAX = 1024  # more changed neighbors than this: compare the whole state
 LIVENESS_S = 3.0
 NS_PER_S = 1_000_000_000
 MEMBER_ENABLED = 1
@@ -102,6 +105,67 @@ class GroupNumbers:
         return self._numbers[group]
 
 
+Peers = dict[int, bool]  # egress ifindex -> its veth peer lives in another namespace
+
+
+def _frame_entries(frame: Frame, number: Callable[[str], int], result: Programmed) -> None:
+    """The members, prefixes and attachments: what the frame alone decides."""
+    routers = dict(frame.routers)
+    for name, rule in frame.ingress.items():
+        egress = frame.egresses[name]
+        router = routers.get(rule.group, b"") if rule.router_chain else b""
+        flags = MEMBER_ENABLED | (MEMBER_HAS_ROUTER if router else 0)
+        result.maps["members"][struct.pack("<I", egress.ifindex)] = pack_member(
+            number(rule.group), flags, egress.mac, router.ljust(16, b"\0")
+        )
+        result.attached.add(egress.ifindex)
+    for group, prefixes in frame.groups.items():
+        for prefix, length in prefixes:
+            result.maps["onlink"][pack_prefix(number(group), prefix, length)] = PRESENT
+
+
+def route_key(number: int, address: bytes) -> bytes:
+    return struct.pack("<I16s", number, address)
+
+
+def foreign_key(ifindex: int, address: bytes) -> bytes:
+    return struct.pack("<I16s", ifindex, address)
+
+
+def neighbor_entries(
+    frame: Frame, entry: Neighbor, number: Callable[[str], int], peers: Peers
+) -> tuple[bytes | None, list[bytes]]:
+    """One neighbor's share of the maps: its packed route (None: not forwarded to) and
+    the `foreign` keys of the members whose source check holds its address."""
+    foreign = [
+        foreign_key(frame.egresses[name].ifindex, entry.address)
+        for name in foreign_to(frame, entry)
+    ]
+    rule = neighbor_rule(frame, entry)
+    if rule is None:
+        return None, foreign
+    flags = (
+        (ROUTE_CHECKING if entry.check_until else 0)
+        | (ROUTE_ROUTER if entry.is_router else 0)
+        | (ROUTE_PEER if peers.get(rule.egress_ifindex) else 0)
+    )
+    route = pack_route(
+        rule.egress_ifindex,
+        frame.egresses[rule.egress].mtu,
+        rule.neighbor_mac,
+        rule.egress_mac,
+        flags,
+        # answers.py answers while now - last_seen <= ANSWER_FRESH_S, the program
+        # while now < fresh: one nanosecond more says the same.
+        int((entry.last_seen + ANSWER_FRESH_S) * NS_PER_S) + 1,
+    )
+    return route, foreign
+
+
+def frame_peers(frame: Frame, peer_elsewhere: Callable[[int], bool]) -> Peers:
+    return {egress.ifindex: peer_elsewhere(egress.ifindex) for egress in frame.egresses.values()}
+
+
 def wanted(
     topology: Topology,
     neighbors: NeighborCache,
@@ -110,42 +174,22 @@ def wanted(
     peer_elsewhere: Callable[[int], bool] = lambda ifindex: False,
 ) -> Programmed:
     """The maps' contents for the state: the nft path's model, packed for the program."""
-    want = desired_state(topology, neighbors, now)
+    frame = forwarding_frame(topology, neighbors, now)
+    return wanted_in(frame, neighbors, number, frame_peers(frame, peer_elsewhere))
+
+
+def wanted_in(
+    frame: Frame, neighbors: NeighborCache, number: Callable[[str], int], peers: Peers
+) -> Programmed:
     result = Programmed()
-    members, routes = result.maps["members"], result.maps["routes"]
-    by_chain = {neighbor_chain(g, a): a for g, a in want.neighbors}
-    for name, rule in want.ingress.items():
-        interface = topology.interfaces[name]
-        router = by_chain.get(rule.router_chain or "", b"")
-        flags = MEMBER_ENABLED | (MEMBER_HAS_ROUTER if router else 0)
-        members[struct.pack("<I", interface.ifindex)] = pack_member(
-            number(rule.group), flags, interface.mac, router.ljust(16, b"\0")
-        )
-        result.attached.add(interface.ifindex)
-        for address in want.foreign.get(name, ()):
-            result.maps["foreign"][struct.pack("<I16s", interface.ifindex, address)] = PRESENT
-    for group, prefixes in want.groups.items():
-        for prefix, length in prefixes:
-            result.maps["onlink"][pack_prefix(number(group), prefix, length)] = PRESENT
-    for (group, address), rule in want.neighbors.items():
-        entry = neighbors.get(group, address)
-        egress = topology.interfaces[rule.egress]
-        flags = (
-            (ROUTE_CHECKING if entry is not None and entry.check_until else 0)
-            | (ROUTE_ROUTER if entry is not None and entry.is_router else 0)
-            | (ROUTE_PEER if peer_elsewhere(rule.egress_ifindex) else 0)
-        )
-        last_seen = entry.last_seen if entry is not None else 0.0
-        routes[struct.pack("<I16s", number(group), address)] = pack_route(
-            rule.egress_ifindex,
-            egress.mtu,
-            rule.neighbor_mac,
-            rule.egress_mac,
-            flags,
-            # answers.py answers while now - last_seen <= ANSWER_FRESH_S, the program
-            # while now < fresh_until: one nanosecond more says the same.
-            int((last_seen + ANSWER_FRESH_S) * NS_PER_S) + 1,
-        )
+    _frame_entries(frame, number, result)
+    routes, foreign = result.maps["routes"], result.maps["foreign"]
+    for entry in neighbors:
+        route, foreign_keys = neighbor_entries(frame, entry, number, peers)
+        if route is not None:
+            routes[route_key(number(entry.group), entry.address)] = route
+        for key in foreign_keys:
+            foreign[key] = PRESENT
     return result
 
 
@@ -173,7 +217,9 @@ class BpfPath:
         self.prog_id = 0
         self.numbers = GroupNumbers()
         self.next_check: float | None = None
-        self.stats = {"updates": 0, "repairs": 0, "attaches": 0}
+        self._last_frame: tuple[Frame, Peers] | None = None
+        self._journaled: NeighborCache | None = None  # whose journal this path reads
+        self.stats = {"updates": 0, "repairs": 0, "attaches": 0, "full_syncs": 0}
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -218,13 +264,59 @@ class BpfPath:
             log.info("BPF path: removed %d filters an earlier run left", left)
         self.load()
         self.beat(now)
-        self.sync(topology, neighbors, now)
+        neighbors.keep_journal()
+        self._journaled = neighbors
+        self.sync(topology, neighbors, now, full=True)
 
-    def sync(self, topology: Topology, neighbors: NeighborCache, now: float) -> None:
-        """Write what differs between the state and what was programmed."""
-        want = wanted(topology, neighbors, now, self.numbers, self.peer_elsewhere)
-        self.write_maps(want)
-        self._attach(want.attached)
+    def sync(
+        self, topology: Topology, neighbors: NeighborCache, now: float, *, full: bool = False
+    ) -> None:
+        """Write what differs between the state and what was programmed.
+
+        While the frame (the topology's part, fastpath.Frame) is what it was last time,
+        only the neighbors the cache's journal names are looked at: a new neighbor costs
+        its own entries, whatever the size of the cache.  Otherwise, and when `full`,
+        the whole state is compared."""
+        # A full sync leaves the journal alone: it may run in a thread (the check), and
+        # what the journal names meanwhile is only written again, the same.
+        changed = None if full else neighbors.take_journal()
+        frame = forwarding_frame(topology, neighbors, now)
+        peers = frame_peers(frame, self.peer_elsewhere)
+        if changed is None or self._last_frame != (frame, peers) or len(changed) > INCREMENTAL_MAX:
+            want = wanted_in(frame, neighbors, self.numbers, peers)
+            self.write_maps(want)
+            self._attach(want.attached)
+            self.stats["full_syncs"] += 1
+        else:
+            for group, address in changed:
+                self._write_neighbor(frame, peers, neighbors, group, address)
+        self._last_frame = (frame, peers)
+
+    def _write_neighbor(
+        self, frame: Frame, peers: Peers, neighbors: NeighborCache, group: str, address: bytes
+    ) -> None:
+        entry = neighbors.get(group, address)
+        route, foreign_keys = (
+            neighbor_entries(frame, entry, self.numbers, peers) if entry else (None, [])
+        )
+        self._put("routes", route_key(self.numbers(group), address), route)
+        present = set(foreign_keys)
+        for name in frame.members.get(group, ()):
+            key = foreign_key(frame.egresses[name].ifindex, address)
+            self._put("foreign", key, PRESENT if key in present else None)
+
+    def _put(self, name: str, key: bytes, value: bytes | None) -> None:
+        """One entry as it should be (None: absent), written only when it differs."""
+        programmed = self.programmed.maps[name]
+        if programmed.get(key) == value:
+            return
+        if value is None:
+            self.maps[name].delete(key)
+            del programmed[key]
+        else:
+            self.maps[name].update(key, value)
+            programmed[key] = value
+            self.stats["updates"] += 1
 
     def write_maps(self, want: Programmed) -> None:
         """The map entries that differ from what was programmed, written or deleted."""
@@ -279,7 +371,7 @@ class BpfPath:
                 for key in self.maps[name].list_keys():
                     self.maps[name].delete(key)
             self.programmed = Programmed()
-            self.sync(topology, neighbors, now)
+            self.sync(topology, neighbors, now, full=True)
         return drift
 
     def counter(self, name: str) -> int:
@@ -295,6 +387,10 @@ class BpfPath:
             except BpfError as exc:
                 log.warning("detaching the BPF program from ifindex %d: %s", ifindex, exc)
         self.programmed = Programmed()
+        self._last_frame = None
+        if self._journaled is not None:
+            self._journaled.keep_journal(False)  # nobody would take it any more
+            self._journaled = None
         if self.program is not None:
             self.program.close()
             self.program = None

@@ -44,8 +44,7 @@ from typing import Any
 
 from portier.addresses import format_ipv6, format_mac
 from portier.groups import Topology
-from portier.neighbors import NeighborCache
-from portier.ownership import protected
+from portier.neighbors import Neighbor, NeighborCache
 
 log = logging.getLogger("portier.supervisor")
 
@@ -105,51 +104,109 @@ class Desired:
     foreign: dict[str, frozenset[bytes]] = field(default_factory=dict)
 
 
-def desired_state(topology: Topology, neighbors: NeighborCache, now: float) -> Desired:
-    want = Desired()
+@dataclass(frozen=True)
+class Egress:
+    """What a neighbor's rule needs of the member it lives behind (values, not the live
+    Interface, so that two frames compare equal only when nothing changed)."""
+
+    name: str
+    ifindex: int
+    mac: bytes
+    mtu: int
+    group: str
+
+
+@dataclass
+class Frame:
+    """The part of the model that depends on the topology (and the routers) only: which
+    groups and members forward, and how.  A neighbor's own rules follow from it and from
+    its entry alone (`neighbor_rule`, `foreign_to`), so a changed neighbor can be
+    programmed by itself while the frame stays equal."""
+
+    groups: dict[str, tuple[tuple[bytes, int], ...]] = field(default_factory=dict)
+    ingress: dict[str, IngressRule] = field(default_factory=dict)
+    egresses: dict[str, Egress] = field(default_factory=dict)
+    largest: dict[str, int] = field(default_factory=dict)  # group -> its largest MTU
+    members: dict[str, tuple[str, ...]] = field(default_factory=dict)  # forwarding, per group
+    ownership: dict[str, tuple[bool, str]] = field(default_factory=dict)  # (flag, upstream)
+    routers: frozenset[tuple[str, bytes]] = frozenset()  # the routers ingress rules name
+
+
+def neighbor_rule(frame: Frame, entry: Neighbor) -> NeighborRule | None:
+    """How the kernel forwards to `entry`, or None when it does not."""
+    egress = frame.egresses.get(entry.interface)
+    if egress is None or egress.group != entry.group or entry.group not in frame.groups:
+        return None
+    largest = frame.largest[entry.group]
+    return NeighborRule(
+        egress.name,
+        egress.ifindex,
+        egress.mac,
+        entry.mac,
+        egress.mtu + 14 if egress.mtu < largest else None,
+    )
+
+
+def foreign_to(frame: Frame, entry: Neighbor) -> tuple[str, ...]:
+    """The members whose source check holds `entry`'s address (others own it)."""
+    flag, upstream = frame.ownership.get(entry.group, (True, ""))
+    if entry.group not in frame.groups or not (
+        flag or (entry.is_router and entry.interface == upstream)
+    ):
+        return ()
+    return tuple(name for name in frame.members[entry.group] if name != entry.interface)
+
+
+def forwarding_frame(topology: Topology, neighbors: NeighborCache, now: float) -> Frame:
+    frame = Frame()
     usable = {
         name: interface
         for name, interface in topology.interfaces.items()
         if interface.enabled and interface.ifindex and len(interface.mac) == 6
     }
+    for name, interface in usable.items():
+        if interface.group is not None:
+            frame.egresses[name] = Egress(
+                name, interface.ifindex, interface.mac, interface.mtu, interface.group
+            )
+    routers = set()
     for group in topology.groups.values():
         members = [name for name in group.members if name in usable]
         if len(members) < 2:
             continue
-        want.groups[group.name] = tuple(sorted(group.onlink_prefixes))
+        frame.groups[group.name] = tuple(sorted(group.onlink_prefixes))
+        frame.members[group.name] = tuple(members)
+        frame.largest[group.name] = max(usable[m].mtu for m in members)
+        frame.ownership[group.name] = (group.ownership, group.upstream or "")
+    for group in topology.groups.values():
+        if group.name not in frame.groups:
+            continue
         router_chain = None
         if group.upstream in usable:
             router = neighbors.best_router(group.name, group.upstream, now)
-            if router is not None:
+            # A router chain only exists while its neighbor is programmed.
+            if router is not None and neighbor_rule(frame, router) is not None:
                 router_chain = neighbor_chain(group.name, router.address)
-        for name in members:
-            want.ingress[name] = IngressRule(
+                routers.add((group.name, router.address))
+        for name in frame.members[group.name]:
+            frame.ingress[name] = IngressRule(
                 group.name, None if name == group.upstream else router_chain
             )
-    owned: dict[str, list[tuple[bytes, str]]] = {name: [] for name in want.groups}
+    frame.routers = frozenset(routers)
+    return frame
+
+
+def desired_state(topology: Topology, neighbors: NeighborCache, now: float) -> Desired:
+    frame = forwarding_frame(topology, neighbors, now)
+    want = Desired(dict(frame.groups), dict(frame.ingress))
+    foreign: dict[str, set[bytes]] = {name: set() for name in frame.ingress}
     for entry in neighbors:
-        if entry.group in owned and protected(topology, entry):
-            owned[entry.group].append((entry.address, entry.interface))
-    for name, rule in want.ingress.items():
-        want.foreign[name] = frozenset(a for a, owner in owned[rule.group] if owner != name)
-    for entry in neighbors:
-        egress = usable.get(entry.interface)
-        if egress is None or egress.group != entry.group or entry.group not in want.groups:
-            continue
-        largest = max(usable[m].mtu for m in topology.groups[entry.group].members if m in usable)
-        want.neighbors[(entry.group, entry.address)] = NeighborRule(
-            egress.name,
-            egress.ifindex,
-            egress.mac,
-            entry.mac,
-            egress.mtu + 14 if egress.mtu < largest else None,
-        )
-    # A router chain only exists while its neighbor is programmed.
-    for name, rule in list(want.ingress.items()):
-        if rule.router_chain and not any(
-            neighbor_chain(g, a) == rule.router_chain for g, a in want.neighbors
-        ):
-            want.ingress[name] = IngressRule(rule.group, None)
+        for name in foreign_to(frame, entry):
+            foreign[name].add(entry.address)
+        rule = neighbor_rule(frame, entry)
+        if rule is not None:
+            want.neighbors[(entry.group, entry.address)] = rule
+    want.foreign = {name: frozenset(addresses) for name, addresses in foreign.items()}
     return want
 
 
