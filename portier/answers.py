@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from portier.addresses import ALL_NODES, UNSPECIFIED, multicast_mac
+from portier.fairshare import MEMBER_WORK_BURST, MEMBER_WORK_PER_S, TokenBuckets
 from portier.frame import (
     DST,
     DST_MAC,
@@ -231,13 +232,18 @@ class EarlyAnswers:
     """The answering thread's side: answers from the table last published to it.
 
     `publish` (main thread) swaps the reference; `answer` (answer thread) reads it once
-    per frame.  The memo and the counters belong to the answering thread alone.
+    per frame.  The memo, the counters and the member's bucket (fair sharing: answers
+    sent on the ingress member's behalf are rate-limited as the engine's are) belong to
+    the answering thread alone.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, rate_per_s: float = MEMBER_WORK_PER_S, burst: int = MEMBER_WORK_BURST
+    ) -> None:
         self.table: AnswerTable | None = None  # None: stale, answer nothing
         self._memo: dict[bytes, bytes] = {}
-        self.counters: dict[str, int] = {"answered": 0}
+        self._bucket = TokenBuckets(rate_per_s, burst, max_keys=1)
+        self.counters: dict[str, int] = {"answered": 0, "answers_limited": 0}
 
     def publish(self, table: AnswerTable | None) -> None:
         self.table = table
@@ -269,8 +275,7 @@ class EarlyAnswers:
             and known[SRC_MAC] == table.mac
             and bool(known[_ANSWER_FLAGS_OFFSET] & NA_FLAG_ROUTER) == target.is_router
         ):
-            self.counters["answered"] += 1
-            return known
+            return self._paced(known, table.ingress, now)
         end = L4_OFFSET + (frame[PAYLOAD_LENGTH_OFFSET] << 8 | frame[PAYLOAD_LENGTH_OFFSET + 1])
         asker = frame[SRC]
         if (
@@ -292,5 +297,13 @@ class EarlyAnswers:
         if len(self._memo) >= ANSWER_MEMO_MAX:
             self._memo.clear()
         self._memo[frame] = answer
+        return self._paced(answer, table.ingress, now)
+
+    def _paced(self, answer: bytes, ingress: str, now: float) -> bytes | None:
+        """`answer`, if the member has a token for it (else the main loop may answer
+        from the engine's own bucket)."""
+        if not self._bucket.allow(ingress, now):
+            self.counters["answers_limited"] += 1
+            return None
         self.counters["answered"] += 1
         return answer

@@ -58,7 +58,7 @@ from portier.answers import (
 )
 from portier.checksum import upper_layer_checksum
 from portier.drops import DropReason, FrameError
-from portier.fairshare import TokenBuckets
+from portier.fairshare import MEMBER_WORK_BURST, MEMBER_WORK_PER_S, TokenBuckets
 from portier.frame import (
     DST,
     DST_MAC,
@@ -176,8 +176,8 @@ class Engine:
         *,
         ptb_rate_per_s: float = 10.0,
         ptb_burst: int = 20,
-        member_work_per_s: float = 50.0,
-        member_work_burst: int = 100,
+        member_work_per_s: float = MEMBER_WORK_PER_S,
+        member_work_burst: int = MEMBER_WORK_BURST,
     ) -> None:
         self.topology = topology
         self.neighbors = neighbors if neighbors is not None else NeighborCache()

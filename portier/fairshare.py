@@ -9,6 +9,12 @@ parameter; the number of buckets is bounded by the members that exist.
 
 from __future__ import annotations
 
+# Each member's share of the proxy's work, everywhere it is done: the engine, the
+# worker's answer thread, and the kernel's NS responder (supervisor/bpf/portier_tc.c
+# has the same two numbers).
+MEMBER_WORK_PER_S = 50.0
+MEMBER_WORK_BURST = 100
+
 
 class TokenBuckets:
     def __init__(self, rate_per_s: float, burst: float, *, max_keys: int = 4096) -> None:

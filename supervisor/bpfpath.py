@@ -7,11 +7,11 @@ program reads (supervisor/bpf/portier_tc.c documents each).  Programming is a di
 map entries and of the interfaces the program is attached to, applied entry by entry.
 While the topology's part of the model (fastpath.Frame) stays the same, only the
 neighbors the cache's journal names are packed and compared, so a new neighbor costs
-its own few map writes whatever the size of the cache; a changed frame compares all.  Every CHECK_INTERVAL_S the
-maps and the attachments are read back and compared with what was programmed; any
-drift is repaired by writing everything again.  `liveness` is pushed forward on every
-timer tick: if the supervisor stalls, the kernel stops answering NS on its behalf
-within LIVENESS_S.
+its own few map writes whatever the size of the cache; a changed frame compares all.
+Every CHECK_INTERVAL_S the maps and the attachments are read back and compared with
+what was programmed; any drift is repaired by writing everything again.  `liveness` is
+pushed forward on every timer tick: if the supervisor stalls, the kernel stops
+answering NS on its behalf within LIVENESS_S.
 
 Failures raise BpfError: the caller (kernelpath.py) falls back to nftables.  Nothing
 here is retried by itself.
@@ -59,6 +59,7 @@ MAP_SIZES = {
     "liveness": (4, 8),
     "answered": (4, 8),
     "forwarded": (4, 8),
+    "answers_limited": (4, 8),
 }
 PROGRAMMED_MAPS = ("members", "routes", "foreign", "onlink")
 PRESENT = b"\x01"
@@ -375,7 +376,8 @@ class BpfPath:
         return drift
 
     def counter(self, name: str) -> int:
-        """A per-CPU counter (`answered`: NAs sent, `forwarded`: frames redirected), summed."""
+        """A per-CPU counter, summed: `answered` (NAs sent), `forwarded` (frames
+        redirected), `answers_limited` (NAs a member's empty bucket held back)."""
         raw = self.maps[name].lookup(ZERO_KEY, 8 * possible_cpus()) or b""
         return sum(value for (value,) in struct.iter_unpack("<Q", raw))
 
@@ -406,5 +408,6 @@ class BpfPath:
             "attached": len(self.programmed.attached),
             "answered": self.counter("answered") if self.program is not None else 0,
             "kernel_packets": self.counter("forwarded") if self.program is not None else 0,
+            "answers_limited": (self.counter("answers_limited") if self.program is not None else 0),
             **self.stats,
         }

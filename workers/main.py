@@ -473,6 +473,7 @@ class Worker:
         early = dict(self.early.counters)
         counters.update(dict(self.answerer.counters))
         counters["answered"] = self.engine.counters["answered"] + early["answered"]
+        counters["early_answers_limited"] = early["answers_limited"]
         counters.update({f"link_{key}": count for key, count in self.link.counters.items()})
         counters["replica_neighbors"] = len(self.neighbors)
         counters["engine_errors"] = self.engine_errors

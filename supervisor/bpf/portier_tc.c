@@ -125,6 +125,29 @@ struct {
 	__type(value, __u64);  /* frames redirected to another member */
 } forwarded SEC(".maps");
 
+/* Fair sharing (portier/fairshare.py): each member may have MEMBER_WORK_PER_S answers
+ * sent on its behalf, in bursts of MEMBER_WORK_BURST, so that one guest flooding NS
+ * cannot spend the kernel's answers of every other guest.  The bucket is kept as the
+ * time its next token is due (a GCRA), per CPU and per ingress: no locks, and a member
+ * whose NS reach several CPUs gets at most that many times the rate. */
+#define MEMBER_WORK_PER_S 50
+#define MEMBER_WORK_BURST 100
+#define ANSWER_INTERVAL_NS (1000000000ull / MEMBER_WORK_PER_S)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);    /* ingress ifindex */
+	__type(value, __u64);  /* when the member's next answer token is due */
+} answer_pace SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);  /* NAs not sent: the member's bucket was empty */
+} answers_limited SEC(".maps");
+
 /* --- frame offsets (Ethernet + IPv6, as portier/frame.py names them) --- */
 
 #define L4_OFF (ETH_HLEN + 40)
@@ -189,6 +212,29 @@ static __always_inline __u16 icmp6_sum(__u8 *buf)
 	if (sum < 0)
 		return 0;
 	return csum_fold(sum);
+}
+
+/* One token from the ingress's bucket, if it has one. */
+static __always_inline int answer_paced(__u32 ifindex, __u64 now)
+{
+	__u64 *due = bpf_map_lookup_elem(&answer_pace, &ifindex);
+	__u64 next, *limited;
+	__u32 zero = 0;
+
+	if (!due) {
+		next = now + ANSWER_INTERVAL_NS;
+		bpf_map_update_elem(&answer_pace, &ifindex, &next, BPF_ANY);
+		return 1;
+	}
+	next = *due > now ? *due : now;
+	if (next - now > (MEMBER_WORK_BURST - 1) * ANSWER_INTERVAL_NS) {
+		limited = bpf_map_lookup_elem(&answers_limited, &zero);
+		if (limited)
+			*limited += 1;
+		return 0;
+	}
+	*due = next + ANSWER_INTERVAL_NS;
+	return 1;
 }
 
 static __always_inline int liveness_fresh(__u64 now)
@@ -261,6 +307,8 @@ static __always_inline void answer_ns(struct __sk_buff *skb, const struct member
 		return;
 	if (mac_eq(&ns[6], r->smac))
 		return;  /* the egress member's own MAC: our echo */
+	if (!answer_paced(ifindex, now))
+		return;
 
 	/* The asker's MAC: its SLLA when unicast, else the Ethernet source. */
 	asker_mac = (ns[80] & 1) ? &ns[6] : &ns[80];

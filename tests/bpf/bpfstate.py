@@ -85,11 +85,12 @@ def set_liveness(tc: bpfload.TcObject, until_ns: int) -> None:
     tc.update("liveness", struct.pack("@I", 0), struct.pack("@Q", until_ns))
 
 
-def answered(tc: bpfload.TcObject) -> int:
-    """The `answered` per-CPU counter, summed over the CPUs, as the supervisor reads it."""
+def answered(tc: bpfload.TcObject, counter: str = "answered") -> int:
+    """A per-CPU counter (`answered` unless named), summed over the CPUs, as the
+    supervisor reads it."""
     path = BpfPath()
     path.adopt(tc)
-    return path.counter("answered")
+    return path.counter(counter)
 
 
 # --- the topology the oracle tests share ---------------------------------------------

@@ -10,6 +10,8 @@ with a packet socket.  The namespace goes when the module is done.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ from bpfstate import (
 from portier.addresses import ALL_NODES, multicast_mac, solicited_node
 from portier.answers import ANSWER_FRESH_S, EarlyAnswers, build_answer_table
 from portier.engine import Engine, Transmit
+from portier.fairshare import MEMBER_WORK_BURST, MEMBER_WORK_PER_S
 from portier.frame import NH_ICMPV6, IPv6Header, build_frame
 from portier.ndmsg import LinkLayerAddressOption, NeighborSolicitation, OptionType, encode_nd
 from portier.supervisor import bpfload
@@ -301,6 +304,40 @@ def test_answered_counts_exactly_the_answers(responder: Responder) -> None:
         sent += responder.ask(frame) is not None
         python += responder.python_answer(frame) is not None
     assert sent == python == bpfstate_answered(responder) == 3
+
+
+def test_answers_are_paced_per_member(responder: Responder) -> None:
+    """Fair sharing in the kernel: one member's NS get MEMBER_WORK_BURST answers at once,
+    then MEMBER_WORK_PER_S; what is held back is counted, and every NS still goes up."""
+    responder.program()
+    frame = solicitation()
+    count = MEMBER_WORK_BURST + 30
+    ingress = responder.netns.ingress
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})  # the buckets are per CPU: stay on one
+    try:
+        with responder.netns.entered():
+            started = time.monotonic()
+            for _ in range(count):
+                verdict, out = responder.tc.test_run(frame, ingress, ifindex=ingress)
+                assert verdict == bpfload.TC_ACT_OK and out == frame
+            elapsed = time.monotonic() - started
+    finally:
+        os.sched_setaffinity(0, cpus)
+    sent, limited = answered(responder.tc), answered(responder.tc, "answers_limited")
+    assert sent + limited == count
+    refilled = int(elapsed * MEMBER_WORK_PER_S) + 1
+    assert MEMBER_WORK_BURST <= sent <= MEMBER_WORK_BURST + refilled, (sent, elapsed)
+
+
+def test_the_kernels_bucket_is_the_engines() -> None:
+    """portier_tc.c repeats fairshare.py's two numbers: they must not drift apart."""
+    source = bpfload.SOURCE.read_text()
+    defined = dict(re.findall(r"#define (MEMBER_WORK_\w+) (\d+)", source))
+    assert defined == {
+        "MEMBER_WORK_PER_S": str(int(MEMBER_WORK_PER_S)),
+        "MEMBER_WORK_BURST": str(MEMBER_WORK_BURST),
+    }
 
 
 def bpfstate_answered(responder: Responder) -> int:

@@ -539,6 +539,21 @@ def test_a_remembered_answer_still_follows_the_state(engine):
     assert early.counters["answered"] == 3
 
 
+def test_early_answers_are_rate_limited_per_member(engine):
+    """Fair sharing: the answer thread spends its member's tokens, burst then rate; what
+    it holds back is counted and left to the main loop (the engine's own bucket)."""
+    learn_router_and_guests(engine, now=1.0)
+    frame = router_asks_for_guest1()
+    early = EarlyAnswers(rate_per_s=10.0, burst=3)
+    sent_at_once = [early_answer(engine, frame, 2.0, early=early) for _ in range(5)]
+    assert [answer is not None for answer in sent_at_once] == [True] * 3 + [False] * 2
+    assert early.counters == {"answered": 3, "answers_limited": 2}
+    assert early_answer(engine, frame, 2.1, early=early) is not None  # one token back
+    assert early_answer(engine, frame, 2.1, early=early) is None
+    out = engine.handle_frame("up0", frame, 2.1)
+    assert sent_transmit(out) is not None  # the engine still answers from its own bucket
+
+
 def test_the_early_answer_leaves_what_it_does_not_answer_to_handle_frame(engine):
     learn_router_and_guests(engine, now=1.0)
     frame = router_asks_for_guest1()
