@@ -36,7 +36,7 @@ from portier.neighbors import Neighbor, NeighborCache
 from portier.supervisor import tchook
 from portier.supervisor.bpfload import SOURCE, BpfError, TcObject, compile_object
 from portier.supervisor.bpfmaps import BpfMap
-from portier.supervisor.fastpath import Frame, foreign_to, forwarding_frame, neighbor_rule
+from portier.supervisor.fastpath import Frame, forwarding_frame, neighbor_rule, validates
 
 log = logging.getLogger("portier.supervisor")
 
@@ -54,14 +54,14 @@ ROUTE_FLAGS_AT = 20  # where a packed route's flags start (low byte first)
 MAP_SIZES = {
     "members": (4, 32),
     "routes": (20, 40),
-    "foreign": (20, 1),
+    "owners": (20, 12),
     "onlink": (24, 1),
     "liveness": (4, 8),
     "answered": (4, 8),
     "forwarded": (4, 8),
     "answers_limited": (4, 8),
 }
-PROGRAMMED_MAPS = ("members", "routes", "foreign", "onlink")
+PROGRAMMED_MAPS = ("members", "routes", "owners", "onlink")
 PRESENT = b"\x01"
 ZERO_KEY = struct.pack("<I", 0)
 
@@ -129,22 +129,22 @@ def route_key(number: int, address: bytes) -> bytes:
     return struct.pack("<I16s", number, address)
 
 
-def foreign_key(ifindex: int, address: bytes) -> bytes:
-    return struct.pack("<I16s", ifindex, address)
+def pack_owner(ifindex: int, mac: bytes) -> bytes:
+    return struct.pack("<I6s2x", ifindex, mac)
 
 
 def neighbor_entries(
-    frame: Frame, entry: Neighbor, number: Callable[[str], int], peers: Peers
-) -> tuple[bytes | None, list[bytes]]:
-    """One neighbor's share of the maps: its packed route (None: not forwarded to) and
-    the `foreign` keys of the members whose source check holds its address."""
-    foreign = [
-        foreign_key(frame.egresses[name].ifindex, entry.address)
-        for name in foreign_to(frame, entry)
-    ]
+    frame: Frame, entry: Neighbor, peers: Peers
+) -> tuple[bytes | None, bytes | None]:
+    """One neighbor's share of the maps, both keyed by (group, address): its packed
+    route (None: not forwarded to) and its owner for the source check (None: none)."""
+    owner = None
+    if validates(frame, entry):
+        egress = frame.egresses.get(entry.interface)
+        owner = pack_owner(egress.ifindex if egress else 0, entry.mac)
     rule = neighbor_rule(frame, entry)
     if rule is None:
-        return None, foreign
+        return None, owner
     flags = (
         (ROUTE_CHECKING if entry.check_until else 0)
         | (ROUTE_ROUTER if entry.is_router else 0)
@@ -160,7 +160,7 @@ def neighbor_entries(
         # while now < fresh: one nanosecond more says the same.
         int((entry.last_seen + ANSWER_FRESH_S) * NS_PER_S) + 1,
     )
-    return route, foreign
+    return route, owner
 
 
 def frame_peers(frame: Frame, peer_elsewhere: Callable[[int], bool]) -> Peers:
@@ -184,13 +184,14 @@ def wanted_in(
 ) -> Programmed:
     result = Programmed()
     _frame_entries(frame, number, result)
-    routes, foreign = result.maps["routes"], result.maps["foreign"]
+    routes, owners = result.maps["routes"], result.maps["owners"]
     for entry in neighbors:
-        route, foreign_keys = neighbor_entries(frame, entry, number, peers)
+        route, owner = neighbor_entries(frame, entry, peers)
+        key = route_key(number(entry.group), entry.address)
         if route is not None:
-            routes[route_key(number(entry.group), entry.address)] = route
-        for key in foreign_keys:
-            foreign[key] = PRESENT
+            routes[key] = route
+        if owner is not None:
+            owners[key] = owner
     return result
 
 
@@ -297,14 +298,10 @@ class BpfPath:
         self, frame: Frame, peers: Peers, neighbors: NeighborCache, group: str, address: bytes
     ) -> None:
         entry = neighbors.get(group, address)
-        route, foreign_keys = (
-            neighbor_entries(frame, entry, self.numbers, peers) if entry else (None, [])
-        )
-        self._put("routes", route_key(self.numbers(group), address), route)
-        present = set(foreign_keys)
-        for name in frame.members.get(group, ()):
-            key = foreign_key(frame.egresses[name].ifindex, address)
-            self._put("foreign", key, PRESENT if key in present else None)
+        route, owner = neighbor_entries(frame, entry, peers) if entry else (None, None)
+        key = route_key(self.numbers(group), address)
+        self._put("routes", key, route)
+        self._put("owners", key, owner)
 
     def _put(self, name: str, key: bytes, value: bytes | None) -> None:
         """One entry as it should be (None: absent), written only when it differs."""

@@ -147,12 +147,18 @@ def neighbor_rule(frame: Frame, entry: Neighbor) -> NeighborRule | None:
     )
 
 
+def validates(frame: Frame, entry: Neighbor) -> bool:
+    """Whether the kernel checks the sources that claim `entry`'s address (it is
+    protected: ownership.protected, for a forwarding group)."""
+    flag, upstream = frame.ownership.get(entry.group, (True, ""))
+    return entry.group in frame.groups and (
+        flag or (entry.is_router and entry.interface == upstream)
+    )
+
+
 def foreign_to(frame: Frame, entry: Neighbor) -> tuple[str, ...]:
     """The members whose source check holds `entry`'s address (others own it)."""
-    flag, upstream = frame.ownership.get(entry.group, (True, ""))
-    if entry.group not in frame.groups or not (
-        flag or (entry.is_router and entry.interface == upstream)
-    ):
+    if not validates(frame, entry):
         return ()
     return tuple(name for name in frame.members[entry.group] if name != entry.interface)
 

@@ -58,9 +58,10 @@ struct route {
 	__u64 fresh_until_ns;  /* bpf_ktime_get_ns() before this: answerable */
 };
 
-struct source_key {            /* foreign: this ingress must not use this source */
-	__u32 ifindex;
-	__u8 addr[16];
+struct owner {                 /* owners: key route_key, a protected address */
+	__u32 ifindex;         /* the member it belongs to (0: one not forwarding now) */
+	__u8 mac[6];           /* and the MAC behind that member */
+	__u8 pad[2];
 };
 
 struct prefix_key {            /* onlink: prefixlen = 32 + the prefix length */
@@ -72,7 +73,7 @@ struct prefix_key {            /* onlink: prefixlen = 32 + the prefix length */
 _Static_assert(sizeof(struct member) == 32, "member layout");
 _Static_assert(sizeof(struct route_key) == 20, "route_key layout");
 _Static_assert(sizeof(struct route) == 40, "route layout");
-_Static_assert(sizeof(struct source_key) == 20, "source_key layout");
+_Static_assert(sizeof(struct owner) == 12, "owner layout");
 _Static_assert(sizeof(struct prefix_key) == 24, "prefix_key layout");
 
 struct {
@@ -92,9 +93,9 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct source_key);
-	__type(value, __u8);
-} foreign SEC(".maps");
+	__type(key, struct route_key);
+	__type(value, struct owner);
+} owners SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -409,11 +410,11 @@ int portier_ingress(struct __sk_buff *skb)
 	void *end = (void *)(long)skb->data_end;
 	__u32 ifindex = skb->ingress_ifindex;
 	struct ethhdr *eth = data;
-	struct source_key source = {};
 	struct prefix_key prefix = {};
 	struct route_key key = {};
 	struct ipv6hdr *ip6;
 	struct member *m;
+	struct owner *o;
 	struct route *r;
 	__u32 l4 = 0, zero = 0;
 	__u64 *count;
@@ -461,13 +462,15 @@ int portier_ingress(struct __sk_buff *skb)
 	if (L4_OFF + bpf_ntohs(ip6->payload_len) != skb->len)
 		return TC_ACT_OK;
 
-	/* Another member's address as the source: the workers drop, count and report it. */
-	source.ifindex = ifindex;
-	__builtin_memcpy(source.addr, &ip6->saddr, 16);
+	/* Source validation: an address owned behind another member, or by another MAC
+	 * behind this one, goes up; the workers drop, count and report the claim. */
+	key.group = m->group;
+	__builtin_memcpy(key.addr, &ip6->saddr, 16);
+	o = bpf_map_lookup_elem(&owners, &key);
+	if (o && (o->ifindex != ifindex || !mac_eq(o->mac, eth->h_source)))
+		return TC_ACT_OK;
 	__builtin_memcpy(key.addr, &ip6->daddr, 16);
 	proto = ip6->nexthdr;
-	if (bpf_map_lookup_elem(&foreign, &source))
-		return TC_ACT_OK;
 
 	l4 = L4_OFF;
 	if (is_ext_header(proto)) {
@@ -482,7 +485,6 @@ int portier_ingress(struct __sk_buff *skb)
 		}
 	}
 
-	key.group = m->group;
 	r = bpf_map_lookup_elem(&routes, &key);
 	if (!r) {
 		/* Off-link (not fe80::/10, in no on-link prefix): the group's router. */

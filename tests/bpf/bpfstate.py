@@ -56,7 +56,7 @@ def fill_maps(
     for name, key_size in (
         ("members", 4),
         ("routes", ROUTE_KEY.size),
-        ("foreign", SOURCE_KEY.size),
+        ("owners", ROUTE_KEY.size),
         ("onlink", PREFIX_KEY.size),
     ):
         clear_map(tc, name, key_size)

@@ -244,6 +244,22 @@ def test_foreign_source_goes_up(case: Case) -> None:
     case.run(DOWN1, frame)
 
 
+def test_own_address_with_another_mac_goes_up(case: Case) -> None:
+    # h1's address from h1's own member, but not from h1's MAC: a claim all the same.
+    frame = _packet(
+        HOSTS["h1"].address,
+        HOSTS["peer"].address,
+        src_mac=bytes.fromhex("0a00000000ee"),
+        dst_mac=MACS[DOWN1],
+    )
+    case.run(DOWN1, frame)
+    # From h1's MAC it is forwarded.
+    frame = _packet(
+        HOSTS["h1"].address, HOSTS["peer"].address, src_mac=HOSTS["h1"].mac, dst_mac=MACS[DOWN1]
+    )
+    assert case.run(DOWN1, frame)[0] == bpfload.TC_ACT_REDIRECT
+
+
 def test_vlan_tagged_frame_goes_up(case: Case) -> None:
     plain = data("h1", "h2")
     tagged = plain[:12] + b"\x81\x00\x00\x05" + plain[12:]
@@ -341,16 +357,22 @@ def test_what_the_kernel_leaves_to_the_workers_though_the_engine_forwards_it(
         assert (verdict, out) == (bpfload.TC_ACT_OK, frame)
 
 
-def test_a_third_members_mac_as_source_is_forwarded_though_the_engine_drops_it(
+def test_a_third_members_mac_as_source_goes_up_for_an_owned_address(case: Case) -> None:
+    """h1's address from the MAC of another member: not h1's MAC, so up (the owners map)."""
+    h1, peer = HOSTS["h1"], HOSTS["peer"]
+    case.run(DOWN1, _packet(h1.address, peer.address, src_mac=MACS[DOWN2], dst_mac=MACS[DOWN1]))
+
+
+def test_a_third_members_mac_with_a_new_address_is_forwarded_though_the_engine_drops_it(
     case: Case,
 ) -> None:
     """The one known gap: the maps hold no set of our own MACs, so a frame from the MAC
     of a member that is neither its ingress nor its egress (a guest spoofing it: our
-    own frames never come back addressed to a member's MAC) is forwarded.  The nft
-    fast path forwards it too."""
+    own frames never come back addressed to a member's MAC), with a source address
+    nobody owns yet, is forwarded.  The nft fast path forwards it too."""
     case.program()
-    h1, peer = HOSTS["h1"], HOSTS["peer"]
-    frame = _packet(h1.address, peer.address, src_mac=MACS[DOWN2], dst_mac=MACS[DOWN1])
+    fresh = bytes.fromhex("20010db8000100000000000000000077")
+    frame = _packet(fresh, HOSTS["peer"].address, src_mac=MACS[DOWN2], dst_mac=MACS[DOWN1])
     actions = Engine(case.topology, case.neighbors).handle_frame(DOWN1, frame, case.now)
     assert not any(isinstance(a, Transmit) for a in actions)
     assert case.tc.test_run(frame, IFINDEX[DOWN1])[0] == bpfload.TC_ACT_REDIRECT

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bpfstate import MEMBER, MEMBER_ENABLED, PREFIX_KEY, ROUTE, ROUTE_KEY, SOURCE_KEY
+from bpfstate import MEMBER, MEMBER_ENABLED, PREFIX_KEY, ROUTE, ROUTE_KEY
 
 from portier.supervisor import bpfload
 
@@ -60,7 +60,7 @@ def tc(tmp_path_factory: pytest.TempPathFactory) -> bpfload.TcObject:
     [
         ("members", 4, MEMBER.size, 1024),
         ("routes", ROUTE_KEY.size, ROUTE.size, 65536),
-        ("foreign", SOURCE_KEY.size, 1, 65536),
+        ("owners", ROUTE_KEY.size, 12, 65536),
         ("onlink", PREFIX_KEY.size, 1, 1024),
         ("liveness", 4, 8, 1),
         ("answered", 4, 8, 1),
