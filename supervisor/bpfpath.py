@@ -60,6 +60,7 @@ MAP_SIZES = {
     "answered": (4, 8),
     "forwarded": (4, 8),
     "answers_limited": (4, 8),
+    "tagged": (4, 8),
 }
 PROGRAMMED_MAPS = ("members", "routes", "owners", "onlink")
 PRESENT = b"\x01"
@@ -374,7 +375,8 @@ class BpfPath:
 
     def counter(self, name: str) -> int:
         """A per-CPU counter, summed: `answered` (NAs sent), `forwarded` (frames
-        redirected), `answers_limited` (NAs a member's empty bucket held back)."""
+        redirected), `answers_limited` (NAs a member's empty bucket held back), `tagged`
+        (VLAN-tagged frames that arrived on a member: never forwarded)."""
         raw = self.maps[name].lookup(ZERO_KEY, 8 * possible_cpus()) or b""
         return sum(value for (value,) in struct.iter_unpack("<Q", raw))
 
@@ -406,5 +408,6 @@ class BpfPath:
             "answered": self.counter("answered") if self.program is not None else 0,
             "kernel_packets": self.counter("forwarded") if self.program is not None else 0,
             "answers_limited": (self.counter("answers_limited") if self.program is not None else 0),
+            "vlan_tagged": self.counter("tagged") if self.program is not None else 0,
             **self.stats,
         }

@@ -42,6 +42,13 @@ log = logging.getLogger("portier.supervisor")
 ND_TYPES = {"133": "rs", "134": "ra", "135": "ns", "136": "na", "137": "redirect"}
 
 
+FASTPATH_EVENTS = {
+    "nftables": ("transactions", "failures", "rebuilds", "repairs"),
+    "bpf": ("updates", "attaches", "full_syncs", "repairs"),
+    "off": ("transactions", "failures", "rebuilds", "repairs"),
+}
+
+
 class Viewable(Protocol):
     def view(self) -> dict[str, Any]: ...
 
@@ -313,11 +320,30 @@ class PortierCollector:
         kernel.add_metric([], fast.get("kernel_packets", 0))
         yield kernel
         events = CounterMetricFamily(
-            "portier_fastpath_events", "nftables transactions by outcome", labels=["event"]
+            "portier_fastpath_events",
+            "Kernel fast path programming by kind (nftables: transactions, rebuilds;"
+            " BPF: map updates, attaches, full syncs; both: repairs, failures)",
+            labels=["event"],
         )
-        for event in ("transactions", "failures", "rebuilds", "repairs"):
+        for event in FASTPATH_EVENTS[fast.get("engine", "off")]:
             events.add_metric([event], fast.get(event, 0))
         yield events
+        for key, name, text in (
+            ("answered", "portier_fastpath_answered", "NS the kernel answered itself (BPF)"),
+            (
+                "answers_limited",
+                "portier_fastpath_answers_limited",
+                "Kernel answers held back because the member's bucket was empty (BPF)",
+            ),
+            (
+                "vlan_tagged",
+                "portier_fastpath_vlan_tagged",
+                "VLAN-tagged frames that arrived on a member and were never forwarded (BPF)",
+            ),
+        ):
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], fast.get(key, 0))
+            yield family
         fast_failures = CounterMetricFamily(
             "portier_fastpath_failures", "Times the kernel fast path failed and turned off"
         )

@@ -149,6 +149,13 @@ struct {
 	__type(value, __u64);  /* NAs not sent: the member's bucket was empty */
 } answers_limited SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);  /* VLAN-tagged frames seen on a member (never forwarded) */
+} tagged SEC(".maps");
+
 /* --- frame offsets (Ethernet + IPv6, as portier/frame.py names them) --- */
 
 #define L4_OFF (ETH_HLEN + 40)
@@ -421,9 +428,16 @@ int portier_ingress(struct __sk_buff *skb)
 	int proto;
 	__u8 type;
 
-	/* A tagged frame belongs to a VLAN sub-interface, never to this member. */
-	if (skb->vlan_present)
+	/* A tagged frame belongs to a VLAN sub-interface, never to this member: counted
+	 * (the workers' socket filter drops it without a trace) and left alone.  The tag
+	 * is in the metadata when the device took it off, else still in the frame. */
+	if (skb->vlan_present || skb->protocol == bpf_htons(ETH_P_8021Q) ||
+	    skb->protocol == bpf_htons(ETH_P_8021AD)) {
+		count = bpf_map_lookup_elem(&tagged, &zero);
+		if (count)
+			*count += 1;
 		return TC_ACT_OK;
+	}
 	if (data + L4_OFF > end) {
 		if (skb->len < L4_OFF || bpf_skb_pull_data(skb, L4_OFF))
 			return TC_ACT_OK;

@@ -109,6 +109,7 @@ def test_vlan_tagged_frame_is_never_forwarded(lab: Lab) -> None:
     assert frames(lab.out_of_egress, SILENCE_WAIT_S, lambda f: f.endswith(plain[14:])) == []
     lab.send(plain)  # the same frame untagged does go (the check above is the tag's)
     assert frames(lab.out_of_egress, ARRIVE_WAIT_S, lambda f: f.endswith(plain[14:]))
+    assert answered(lab.tc, "tagged") == 1  # the tag the device took off, counted
 
 
 def test_ns_answered_on_the_real_receive_path(lab: Lab) -> None:

@@ -260,10 +260,13 @@ def test_own_address_with_another_mac_goes_up(case: Case) -> None:
     assert case.run(DOWN1, frame)[0] == bpfload.TC_ACT_REDIRECT
 
 
-def test_vlan_tagged_frame_goes_up(case: Case) -> None:
+def test_vlan_tagged_frame_goes_up_counted(case: Case) -> None:
     plain = data("h1", "h2")
-    tagged = plain[:12] + b"\x81\x00\x00\x05" + plain[12:]
-    case.run(DOWN1, tagged)
+    for tpid in (b"\x81\x00", b"\x88\xa8"):  # 802.1Q, 802.1ad
+        case.run(DOWN1, plain[:12] + tpid + b"\x00\x05" + plain[12:])
+    assert case.path.counter("tagged") == 2
+    case.run(DOWN1, plain)
+    assert case.path.counter("tagged") == 2
 
 
 def test_icmpv6_echo_is_forwarded_like_data(case: Case) -> None:
