@@ -18,7 +18,8 @@ The rules (RFC 4389, with Portier's groups):
   it out of the other members, on behalf of the sender: the NS carries the held packet's
   source address and the egress MAC, so the answer comes back through the proxy.
 - The sources of valid ND messages and of proxied packets are learned (neighbors.py),
-  and so are the router addresses the upstream's RAs name (prefix options with R set),
+  and so are the router addresses the upstream's RAs name (prefix options with R set,
+  and on-link RDNSS servers nobody holds yet),
   under the ownership rules (ownership.py): a free address goes to its first claimant
   within the member's quota; a frame claiming an address another member or MAC owns
   does not move it: it is dropped (`claim_refused` for ND, `source_invalid` for data;
@@ -89,6 +90,7 @@ from portier.ndmsg import (
     NeighborSolicitation,
     OptionType,
     PrefixInformation,
+    RecursiveDnsServers,
     RouterAdvertisement,
     encode_nd,
 )
@@ -715,20 +717,27 @@ class Engine:
         actions: list[Action],
     ) -> None:
         """A prefix option with the R flag names the router's own address (RFC 6275
-        §7.2): it belongs to the router on the upstream, pinned like its source."""
+        §7.2): it belongs to the router on the upstream, pinned like its source.  So do
+        the on-link DNS servers of an RDNSS option (RFC 8106), most often the router
+        itself, while nobody holds them yet: no guest can take them before they speak.
+        If a server is another host on the upstream link, its first ND moves it there
+        through an owner check the router does not answer."""
         router_mac = (
             _link_layer_option(message.options, OptionType.SOURCE_LINK_LAYER) or frame[SRC_MAC]
         )
+        named: list[bytes] = []
         for option in message.options:
-            if (
-                isinstance(option, PrefixInformation)
-                and option.flags & _PI_FLAG_ROUTER_ADDRESS
-                and option.prefix[0] != 0xFF
-                and option.prefix != UNSPECIFIED
-            ):
-                self._claim(
-                    group, option.prefix, iface.name, router_mac, now, actions, is_router=True
+            if isinstance(option, PrefixInformation) and option.flags & _PI_FLAG_ROUTER_ADDRESS:
+                named.append(option.prefix)
+            elif isinstance(option, RecursiveDnsServers) and option.lifetime_s:
+                named.extend(
+                    server
+                    for server in option.servers
+                    if self.neighbors.get(group, server) is None and self._on_link(group, server)
                 )
+        for address in named:
+            if address[0] != 0xFF and address != UNSPECIFIED:
+                self._claim(group, address, iface.name, router_mac, now, actions, is_router=True)
 
     def _on_link(self, group: str, address: bytes) -> bool | None:
         """True on-link, False off-link, None when no RA has told us yet."""

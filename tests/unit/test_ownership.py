@@ -37,6 +37,7 @@ from portier.ndmsg import (
     NeighborSolicitation,
     OptionType,
     PrefixInformation,
+    RecursiveDnsServers,
     RouterAdvertisement,
     parse_nd,
 )
@@ -342,6 +343,30 @@ def test_an_address_named_by_the_routers_ra_is_pinned_to_the_router(engine, chec
     assert entry is not None and entry.owned_by("up0", ROUTER_MAC) and entry.is_router
     actions = engine.handle_frame("vm2", unsolicited_na(GUEST2_MAC, ROUTER), 2.0)
     assert drops(actions) == [DropReason.CLAIM_REFUSED] and claims(actions)
+
+
+def test_on_link_dns_servers_the_routers_ra_names_are_pinned_before_a_guest_can(engine, checks):
+    """RDNSS: the on-link servers nobody holds go to the router (they are most often
+    the router itself), so a guest cannot take the DNS address before it speaks."""
+    dns, off_link = parse_ipv6("2001:db8:1::53"), parse_ipv6("2001:4860:4860::8888")
+    held = parse_ipv6("2001:db8:1::54")
+    engine.handle_frame("vm1", unsolicited_na(GUEST1_MAC, held), 0.5)  # vm1 has it already
+    pio = PrefixInformation(64, 0x80 | 0x40, 86400, 14400, parse_ipv6("2001:db8:1::"))
+    rdnss = RecursiveDnsServers(1800, (dns, off_link, held))
+    ra = RouterAdvertisement(router_lifetime_s=1800, options=(pio, rdnss))
+    actions = engine.handle_frame("up0", nd_frame(ROUTER_MAC, None, ROUTER_LL, ALL_NODES, ra), 1.0)
+    assert not claims(actions)  # vm1's address is not taken from it by the RA
+    entry = engine.neighbors.get("lan", dns)
+    assert entry is not None and entry.owned_by("up0", ROUTER_MAC) and entry.is_router
+    assert engine.neighbors.get("lan", off_link) is None
+    assert engine.neighbors.get("lan", held).owned_by("vm1", GUEST1_MAC)
+    actions = engine.handle_frame("vm2", unsolicited_na(GUEST2_MAC, dns), 2.0)
+    assert drops(actions) == [DropReason.CLAIM_REFUSED] and claims(actions)
+    # A lifetime of 0 withdraws the servers: nothing is pinned by it.
+    gone = parse_ipv6("2001:db8:1::55")
+    withdrawn = RouterAdvertisement(options=(pio, RecursiveDnsServers(0, (gone,))))
+    engine.handle_frame("up0", nd_frame(ROUTER_MAC, None, ROUTER_LL, ALL_NODES, withdrawn), 3.0)
+    assert engine.neighbors.get("lan", gone) is None
 
 
 def test_a_check_left_over_from_a_restart_does_not_block_new_claims(engine, checks):
