@@ -4,9 +4,9 @@ One netdev table, `portier`, owned by portierd and programmed from the authorita
 state.  Per enabled member an ingress chain: frames that carried a VLAN tag are left
 alone (never forwarded), ND is accepted (it goes on to the workers), a packet whose
 source address is owned by another member or MAC (source validation, RFC 6620) is left
-to the workers, which drop and count it and report the claim (one lookup per frame: a
-member's `f_` set holds the addresses other members of its group own; a MAC spoofed
-behind the owner's own member is caught by the workers only),
+to the workers, which drop and count it and report the claim (the group's `p_` set holds
+its protected addresses, the member's `a_` set the address and MAC pairs it owns: a
+protected source not paired with the frame's MAC there goes up),
 then a verdict map keyed by destination address jumps to that neighbor's chain: rewrite
 both Ethernet addresses and `fwd` out of the egress; what the map misses (multicast,
 unknown destinations) goes on to the workers too.  Neighbors whose data
@@ -55,6 +55,7 @@ NFT_TIMEOUT_S = 10.0  # an nft that takes longer is treated as one that cannot r
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 CHECK_INTERVAL_S = 10.0
+OWNED_TYPE = ["ipv6_addr", "ether_addr"]
 ND_TYPES = [
     "nd-router-solicit",
     "nd-router-advert",
@@ -100,8 +101,11 @@ class Desired:
     groups: dict[str, tuple[tuple[bytes, int], ...]] = field(default_factory=dict)
     ingress: dict[str, IngressRule] = field(default_factory=dict)
     neighbors: dict[tuple[str, bytes], NeighborRule] = field(default_factory=dict)
-    # member -> the addresses other members of its group own (its source check).
-    foreign: dict[str, frozenset[bytes]] = field(default_factory=dict)
+    # The source check: group -> its protected addresses, member -> the (address, MAC)
+    # pairs of them it owns.  A source in the first and not, with the frame's MAC, in
+    # its ingress's second is a claim: the workers judge it.
+    protected: dict[str, frozenset[bytes]] = field(default_factory=dict)
+    owned: dict[str, frozenset[tuple[bytes, bytes]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ class Egress:
 class Frame:
     """The part of the model that depends on the topology (and the routers) only: which
     groups and members forward, and how.  A neighbor's own rules follow from it and from
-    its entry alone (`neighbor_rule`, `foreign_to`), so a changed neighbor can be
+    its entry alone (`neighbor_rule`, `validates`), so a changed neighbor can be
     programmed by itself while the frame stays equal."""
 
     groups: dict[str, tuple[tuple[bytes, int], ...]] = field(default_factory=dict)
@@ -154,13 +158,6 @@ def validates(frame: Frame, entry: Neighbor) -> bool:
     return entry.group in frame.groups and (
         flag or (entry.is_router and entry.interface == upstream)
     )
-
-
-def foreign_to(frame: Frame, entry: Neighbor) -> tuple[str, ...]:
-    """The members whose source check holds `entry`'s address (others own it)."""
-    if not validates(frame, entry):
-        return ()
-    return tuple(name for name in frame.members[entry.group] if name != entry.interface)
 
 
 def forwarding_frame(topology: Topology, neighbors: NeighborCache, now: float) -> Frame:
@@ -205,14 +202,19 @@ def forwarding_frame(topology: Topology, neighbors: NeighborCache, now: float) -
 def desired_state(topology: Topology, neighbors: NeighborCache, now: float) -> Desired:
     frame = forwarding_frame(topology, neighbors, now)
     want = Desired(dict(frame.groups), dict(frame.ingress))
-    foreign: dict[str, set[bytes]] = {name: set() for name in frame.ingress}
+    protected: dict[str, set[bytes]] = {group: set() for group in frame.groups}
+    owned: dict[str, set[tuple[bytes, bytes]]] = {name: set() for name in frame.ingress}
     for entry in neighbors:
-        for name in foreign_to(frame, entry):
-            foreign[name].add(entry.address)
+        if validates(frame, entry):
+            protected[entry.group].add(entry.address)
+            ingress = frame.ingress.get(entry.interface)
+            if ingress is not None and ingress.group == entry.group:
+                owned[entry.interface].add((entry.address, entry.mac))
         rule = neighbor_rule(frame, entry)
         if rule is not None:
             want.neighbors[(entry.group, entry.address)] = rule
-    want.foreign = {name: frozenset(addresses) for name, addresses in foreign.items()}
+    want.protected = {group: frozenset(addresses) for group, addresses in protected.items()}
+    want.owned = {name: frozenset(pairs) for name, pairs in owned.items()}
     return want
 
 
@@ -581,11 +583,12 @@ class FastPath:
         # neighbor chains the elements pointed at.
         for name in have.ingress.keys() - want.ingress.keys():
             commands.append({"delete": _obj("chain", name=f"in_{_hex(name)}")})
-            commands.append({"delete": _obj("set", name=f"f_{_hex(name)}")})
+            commands.append({"delete": _obj("set", name=f"a_{_hex(name)}")})
         for group in have.groups.keys() - want.groups.keys():
             for kind, prefix in (
                 ("map", "g_"),
                 ("set", "onlink_"),
+                ("set", "p_"),
             ):
                 commands.append({"delete": _obj(kind, name=f"{prefix}{_hex(group)}")})
         for key in have.neighbors.keys() - want.neighbors.keys():
@@ -605,6 +608,7 @@ class FastPath:
                             "set", name=f"onlink_{tag}", type="ipv6_addr", flags=["interval"]
                         )
                     },
+                    {"add": _obj("set", name=f"p_{tag}", type="ipv6_addr")},
                 ]
             if group not in have.groups or have.groups[group] != prefixes:
                 elements = [{"prefix": {"addr": "fe80::", "len": 10}}] + [
@@ -636,15 +640,24 @@ class FastPath:
                         )
                     }
                 )
-        for name, foreign in want.foreign.items():
-            known = have.foreign.get(name) if name in have.ingress else None
-            if known is None:
-                commands.append({"add": _obj("set", name=f"f_{_hex(name)}", type="ipv6_addr")})
-                known = frozenset()
-            for verb, addresses in (("delete", known - foreign), ("add", foreign - known)):
+        for group, protected in want.protected.items():
+            known = have.protected.get(group, frozenset()) if group in have.groups else frozenset()
+            for verb, addresses in (("delete", known - protected), ("add", protected - known)):
                 if addresses:
                     listed = sorted(format_ipv6(a) for a in addresses)
-                    commands.append({verb: _obj("element", name=f"f_{_hex(name)}", elem=listed)})
+                    commands.append({verb: _obj("element", name=f"p_{_hex(group)}", elem=listed)})
+        for name, owned in want.owned.items():
+            had_pairs = have.owned.get(name) if name in have.ingress else None
+            if had_pairs is None:
+                commands.append({"add": _obj("set", name=f"a_{_hex(name)}", type=OWNED_TYPE)})
+                had_pairs = frozenset()
+            for verb, pairs in (("delete", had_pairs - owned), ("add", owned - had_pairs)):
+                if pairs:
+                    concat = [
+                        {"concat": [format_ipv6(address), format_mac(mac)]}
+                        for address, mac in sorted(pairs)
+                    ]
+                    commands.append({verb: _obj("element", name=f"a_{_hex(name)}", elem=concat)})
         for name, ingress in want.ingress.items():
             had = have.ingress.get(name)
             if had == ingress:
@@ -736,10 +749,18 @@ class FastPath:
                 },
                 {"accept": None},
             ],
-            # Another member's address as the source: the workers drop it, count it
-            # and check the owner.
+            # A protected source this member does not own with this MAC (another
+            # member's address, or a MAC spoofed behind the owner's own member): the
+            # workers drop it, count it and check the owner.
             [
-                {"match": {"op": "==", "left": saddr, "right": f"@f_{chain[3:]}"}},
+                {"match": {"op": "==", "left": saddr, "right": f"@p_{tag}"}},
+                {
+                    "match": {
+                        "op": "!=",
+                        "left": {"concat": [saddr, _payload("ether", "saddr")]},
+                        "right": f"@a_{chain[3:]}",
+                    }
+                },
                 {"accept": None},
             ],
             # Multicast is never in the map, so the lookup comes first: one rule fewer on

@@ -215,17 +215,28 @@ def test_an_address_given_up_by_one_guest_moves_to_the_next_within_3_s(lab, daem
     assert claims(daemon, "vm2", "moved") >= 1
 
 
-def test_a_spoofed_data_source_is_dropped_in_the_workers_and_the_fast_path(lab, daemon, guests):
+@pytest.mark.parametrize("engine", ["bpf", "nftables"])
+def test_a_spoofed_data_source_is_dropped_in_the_workers_and_the_fast_path(make_lab, engine):
+    """Another guest's address, and a guest's own address from a MAC not its own, never
+    reach the router, on either kernel path; the honest datagram does."""
+    lab = make_lab(guests=2)
+    daemon = Daemon(lab, extra=f'[fastpath]\nengine = "{engine}"\n').start()
+    wait_for(lambda: daemon.call("status")["forwarding"] == 3, 10, "every member forwarding")
     vm1, vm2 = lab.guest_list
+    guests = {}
+    for guest in lab.guest_list:
+        guests[guest.name] = lab.wait_slaac(guest)
+        lab.wait_ping(lab.router, guests[guest.name])
     wait_for(lambda: daemon.call("fastpath")["neighbors"] >= 3, 10, "the fast path programmed")
+    assert daemon.call("fastpath")["engine"] == engine
     vm2_mac = mac_of(lab, vm2.name, "eth0")
     port_mac = mac_of(lab, lab.proxy, vm2.port)
-    spoofed, honest = b"spoofed-source-6620", b"honest-source-6620"
-    watcher = watch_frames(lab, lab.router, 15, spoofed, honest, interface="r0")
+    spoofed, other_mac, honest = b"spoofed-source-6620", b"spoofed-mac-6620", b"honest-6620"
+    watcher = watch_frames(lab, lab.router, 6, spoofed, other_mac, honest, interface="r0")
 
-    def datagram(source: str, payload: bytes):
+    def datagram(source: str, payload: bytes, mac: str = vm2_mac):
         return (
-            Ether(src=vm2_mac, dst=port_mac)
+            Ether(src=mac, dst=port_mac)
             / IPv6(src=source, dst=ROUTER_ADDRESS, hlim=64)
             / UDP(sport=4389, dport=4389)
             / Raw(payload)
@@ -233,14 +244,17 @@ def test_a_spoofed_data_source_is_dropped_in_the_workers_and_the_fast_path(lab, 
 
     for _ in range(3):
         send(lab, vm2.name, datagram(guests[vm1.name], spoofed))
+        send(lab, vm2.name, datagram(guests[vm2.name], other_mac, mac="02:00:00:00:be:ef"))
     send(lab, vm2.name, datagram(guests[vm2.name], honest))
     assert seen_markers(watcher) == {honest.hex()}
     wait_for(
-        lambda: claims(daemon, "vm2", "source_invalid") + claims(daemon, "vm2", "refused") >= 1,
+        lambda: claims(daemon, "vm2", "source_invalid") + claims(daemon, "vm2", "refused") >= 2,
         10,
-        "the spoofed source counted",
+        "both spoofed sources counted",
     )
     assert owner_of(daemon, guests[vm1.name])["interface"] == "vm1"
+    entry = owner_of(daemon, guests[vm2.name])
+    assert entry["interface"] == "vm2" and entry["mac"] == vm2_mac, entry
 
 
 def owned_addresses(daemon: Daemon, interface: str) -> float:
