@@ -127,6 +127,42 @@ def table_costs_us(neighbors: int = 1000, rounds: int = 200) -> tuple[float, flo
     return statistics.median(whole), statistics.median(one)
 
 
+def fanout_us(members: int, rounds: int = 300) -> tuple[float, float]:
+    """Median microseconds of relaying a multicast NS from the upstream into a group of
+    `members` downstream members: for a target the cache places behind one of them (sent
+    to it alone) and for one it does not know (flooded: what every NS cost before)."""
+    topology = Topology()
+    topology.create_group("lan")
+    names = ["up0"] + [f"vm{n}" for n in range(members)]
+    for index, name in enumerate(names):
+        topology.bind(name)
+        mac = bytes([2, 0, 0, 0, index >> 8, index & 0xFF])
+        topology.update_link(name, ifindex=index + 2, mac=mac, mtu=1500)
+        topology.add_to_group(name, "lan", upstream=name == "up0")
+    engine = Engine(topology)
+    engine.neighbors.learn("lan", GUEST, "vm0", GUEST_MAC, 0.0)
+    unknown = GUEST[:15] + b"\x77"
+
+    def ns_for(target: bytes) -> bytes:
+        dst = solicited_node(target)
+        option = LinkLayerAddressOption(1, ROUTER_MAC)
+        icmp = encode_nd(NeighborSolicitation(target, (option,)), ROUTER_LL, dst)
+        header = IPv6Header(ROUTER_LL, dst, 58, 255, len(icmp))
+        return build_frame(b"\x33\x33" + dst[12:], ROUTER_MAC, header, icmp)
+
+    figures = []
+    for frame, expected in ((ns_for(GUEST), 1), (ns_for(unknown), members)):
+        samples = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            actions = engine.handle_frame("up0", frame, 1.0)
+            samples.append((time.perf_counter() - start) * 1e6)
+        relayed = [a for a in actions if isinstance(a, Transmit) and a.interface != "up0"]
+        assert len(relayed) == expected, (len(relayed), expected)
+        figures.append(statistics.median(samples))
+    return figures[0], figures[1]
+
+
 def baseline(seconds: float) -> float:
     def noop(ingress: str, frame: bytes, now: float) -> list:
         return [frame]
@@ -173,6 +209,12 @@ def main() -> None:
         f"answer table published (main thread), 1000 neighbors: rebuilt whole {whole_us:.0f} us,"
         f" after one neighbor changed {one_us:.0f} us"
     )
+    for members in (8, 64, 256, 512):
+        placed, flooded = fanout_us(members)
+        print(
+            f"multicast NS into {members} members: placed target (one member) {placed:.0f} us,"
+            f" unknown target (flooded) {flooded:.0f} us, {flooded / members:.1f} us per member"
+        )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ needs to run.  No sockets, no clocks, no logging: the worker and the tests drive
 The rules (RFC 4389, with Portier's groups):
 - A frame addressed to an address of the receiving interface is left to the kernel.
 - Multicast goes to every other forwarding member of the ingress's group, to the
-  group's 33:33 MAC.  Unicast goes where the neighbor cache says, never back out of the
-  ingress.  Only the Ethernet header changes, except ND messages, which are rewritten
-  (rewrite.py).  The hop limit is never touched.
+  group's 33:33 MAC; a multicast NS (DAD included) for a target the cache places behind
+  one member, seen lately and not under an owner check, goes to that member alone.
+  Unicast goes where the neighbor cache says, never back out of the ingress.  Only the
+  Ethernet header changes, except ND messages, which are rewritten (rewrite.py).  The
+  hop limit is never touched.
 - A unicast destination that is not on-link (not link-local, outside every prefix the
   upstream's RAs announced on-link) goes to the group's router on the upstream.
 - An on-link destination not yet known is held (holdqueue.py) while the proxy solicits
@@ -381,7 +383,11 @@ class Engine:
         if dst in iface.addresses:
             actions.append(Dropped(ingress, DropReason.LOCAL_DESTINATION))
         elif dst[0] == 0xFF:
-            self._fan_out(iface, frame, dst, offset, actions, None)
+            only = None
+            if kind == NDType.NEIGHBOR_SOLICITATION:
+                assert isinstance(message, NeighborSolicitation)
+                only = self._placed(iface, message.target, now)
+            self._fan_out(iface, frame, dst, offset, actions, None, only)
         else:
             self._forward_unicast(iface, frame, dst, offset, now, actions, 0, None)
         return actions
@@ -396,13 +402,16 @@ class Engine:
         icmp_offset: int,
         actions: list[Action],
         meta: object,
+        only: Interface | None = None,
     ) -> None:
+        """Out of every other forwarding member of the group (of `only`, when given)."""
         dst_mac = multicast_mac(dst)
         rest = frame[_AFTER_MACS]
         packet_bytes = len(frame) - ETH_HLEN
         sent = False
         assert iface.group is not None
-        for member in self.topology.forwarding_members(iface.group):
+        members = [only] if only is not None else self.topology.forwarding_members(iface.group)
+        for member in members:
             if member is iface:
                 continue
             if packet_bytes > member.mtu:
@@ -417,6 +426,18 @@ class Engine:
             sent = True
         if not sent:
             actions.append(Dropped(iface.name, DropReason.NO_EGRESS))
+
+    def _placed(self, iface: Interface, target: bytes, now: float) -> Interface | None:
+        """The one member a multicast NS (DAD too) for `target` needs to reach: the one
+        the cache places it behind, seen lately and not under an owner check (RFC 4389
+        §4.1.3 lets a proxy send it there alone).  None: flood it."""
+        entry = self.neighbors.get(iface.group or "", target)
+        if entry is None or entry.check_until or now - entry.last_seen > ANSWER_FRESH_S:
+            return None
+        member = self.topology.interfaces.get(entry.interface)
+        if member is None or member is iface or member.group != iface.group:
+            return None
+        return member if member.enabled else None
 
     def _forward_unicast(
         self,

@@ -482,7 +482,7 @@ def test_multicast_ns_for_a_fresh_neighbor_is_answered_at_once(engine):
     learn_router_and_guests(engine, now=1.0)
     actions = engine.handle_frame("up0", router_asks_for_guest1(), 2.0)
     out = sent(actions)
-    assert set(out) == {"up0", "vm1", "vm2"}  # the answer, and the NS still forwarded
+    assert set(out) == {"up0", "vm1"}  # the answer, and the NS still forwarded to its member
     answer = parse_packet(out["up0"])
     assert answer.dst_mac == ROUTER_MAC and answer.src_mac == UP_MAC
     assert (answer.ipv6.src, answer.ipv6.dst, answer.ipv6.hop_limit) == (GUEST1, ROUTER, 255)
@@ -512,7 +512,7 @@ def test_the_early_answer_is_the_answer_handle_frame_gives(engine):
     answer = early_answer(engine, frame, 2.0, early=early)
     assert answer is not None and answer == sent_transmit(twin.handle_frame("up0", frame, 2.0))
     out = sent(engine.handle_frame("up0", frame, 2.0, answered=True))
-    assert set(out) == {"vm1", "vm2"}  # forwarded, not answered twice
+    assert set(out) == {"vm1"}  # forwarded (to the target's member), not answered twice
     assert engine.counters["answered"] == 0 and early.counters["answered"] == 1
     # A new MAC on the ingress makes a new answer, never a remembered one.
     new_mac = bytes.fromhex("020000000099")
@@ -573,7 +573,7 @@ def test_while_the_kernel_answers_its_ns_shape_the_worker_does_not(engine):
     engine.topology.kernel_answers = True
     frame = router_asks_for_guest1()
     assert early_answer(engine, frame, 2.0) is None
-    assert set(sent(engine.handle_frame("up0", frame, 2.0))) == {"vm1", "vm2"}  # forwarded
+    assert set(sent(engine.handle_frame("up0", frame, 2.0))) == {"vm1"}  # forwarded
     assert engine.counters["answered"] == 0
     # An NS with a nonce option (RFC 3971 style) is not the kernel's shape: answered here.
     nonce = LinkLayerAddressOption(14, bytes(6))
@@ -639,7 +639,24 @@ def test_dad_probes_for_a_fresh_neighbor_are_forwarded_never_answered(engine):
     assert "up0" in sent(Engine(engine.topology, engine.neighbors).handle_frame("up0", asked, 2.0))
     assert early_answer(engine, dad, 2.0) is None
     out = sent(engine.handle_frame("up0", dad, 2.0))
-    assert set(out) == {"vm1", "vm2"}  # forwarded to the owner's side, not answered
+    assert set(out) == {"vm1"}  # forwarded to the owner's member alone, not answered
+
+
+def test_a_multicast_ns_for_a_placed_target_goes_to_its_member_alone(engine):
+    """RFC 4389 §4.1.3: no flood for a target the cache places; a flood otherwise."""
+    learn_router_and_guests(engine, now=1.0)
+    asked = router_asks_for_guest1()
+    assert set(sent(engine.handle_frame("up0", asked, 2.0))) == {"up0", "vm1"}
+    # Not seen lately: whatever the cache says may be old news, so everyone hears it.
+    assert set(sent(engine.handle_frame("up0", asked, 1.0 + 301))) == {"vm1", "vm2"}
+    # Under an owner check: whose it is is open.
+    learn_router_and_guests(engine, now=400.0)
+    engine.neighbors.get("lan", GUEST1).check_until = 401.0
+    assert set(sent(engine.handle_frame("up0", asked, 400.5))) == {"vm1", "vm2"}
+    engine.neighbors.get("lan", GUEST1).check_until = 0.0
+    # Its member disabled: flooded to the members that forward.
+    engine.topology.detect_loop("vm1", 400.6)
+    assert set(sent(engine.handle_frame("up0", asked, 400.7))) == {"vm2"}
 
 
 def test_an_announcement_is_an_unsolicited_override_na_naming_the_upstream(engine):
