@@ -103,3 +103,22 @@ def test_the_kernel_answers_the_routers_ns_and_the_workers_do_not(bpf):
         "the kernel's NA for the router's NS",
     )
     assert settled_counter(daemon, "up0", "answered") == workers_before
+
+
+def test_reload_turns_the_bpf_path_off_and_on_again(bpf):
+    lab, daemon, (address1, _) = bpf
+    members = ("up0", "vm1", "vm2")
+    on = daemon.config.read_text()
+    daemon.config.write_text(on.replace("[fastpath]\n", "[fastpath]\nenabled = false\n"))
+    assert daemon.call("reload")["changes"] == {"fastpath": "off"}
+    view = daemon.call("fastpath")
+    assert (view["engine"], view["active"]) == ("off", False), view
+    assert not any(ours(lab, name) for name in members), "a filter left after turning off"
+    assert lab.ping(lab.router, address1, count=3, extra=("-i", "0.2")).returncode == 0
+    daemon.config.write_text(on)
+    assert daemon.call("reload")["changes"] == {"fastpath": "on"}
+    wait_for(lambda: daemon.call("fastpath")["engine"] == "bpf", 10, "the BPF path back")
+    wait_for(lambda: all(ours(lab, name) for name in members), 10, "the program reattached")
+    before = daemon.call("fastpath")["kernel_packets"]
+    assert lab.ping(lab.router, address1, count=20, extra=("-i", "0.01")).returncode == 0
+    assert daemon.call("fastpath")["kernel_packets"] - before >= 40
