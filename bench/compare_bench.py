@@ -41,6 +41,9 @@ from labdaemon import Daemon, GroupSpec  # noqa: E402
 GUEST_ADDRESS = "2001:db8:1::101"
 
 
+BPF_OBJECT = ""  # --bpf-object: a variant of the tc program for the "portier bpf" row
+
+
 def build(kind: str) -> tuple[Lab, str, list[Callable[[], None]]]:
     """A lab for one data path; returns it, the namespace playing the guest, and cleanups."""
     if kind == "wire":
@@ -84,6 +87,8 @@ def build(kind: str) -> tuple[Lab, str, list[Callable[[], None]]]:
     elif kind.startswith("portier"):
         engine = {"portier userspace": "off", "portier bpf": "bpf"}.get(kind, "nftables")
         extra = f'[fastpath]\nengine = "{engine}"'
+        if engine == "bpf" and BPF_OBJECT:
+            extra += f'\nbpf_object = "{BPF_OBJECT}"'
         fast = engine != "off"
         daemon = Daemon(lab, [GroupSpec("lan", "up0", ["vm1"])], extra=extra)
         try:
@@ -193,7 +198,12 @@ def main() -> None:
     parser.add_argument(
         "--only", help="comma-separated data paths to measure (throughput only, no resolution)"
     )
+    parser.add_argument(
+        "--bpf-object", default="", help="a compiled tc program to run as the 'portier bpf' row"
+    )
     args = parser.parse_args()
+    global BPF_OBJECT
+    BPF_OBJECT = args.bpf_object
     paths = [
         "wire",
         "bridge",
