@@ -145,9 +145,13 @@ class RouterPinger:
         self.sock.close()
 
 
-def wait_ready(lab: Lab, pinger: RouterPinger, started: float, timeout_s: float) -> list[float]:
-    """Per guest, seconds from `started` until it had its address and answered a ping."""
+def wait_ready(
+    lab: Lab, pinger: RouterPinger, started: float, timeout_s: float
+) -> tuple[list[float], list[float]]:
+    """Per guest, seconds from `started` until it had its address (the first list) and
+    until it answered a ping (the second)."""
     done: dict[str, float] = {}
+    addressed: dict[str, float] = {}
     deadline = time.monotonic() + timeout_s
 
     def guest(name: str, solicit: bool) -> None:
@@ -156,13 +160,20 @@ def wait_ready(lab: Lab, pinger: RouterPinger, started: float, timeout_s: float)
             sock = icmp_socket(134)
             multicast_out(sock)
             option = bytes([1, 1]) + own_mac(sock)
-            sock.sendto(struct.pack("!BBHI", 133, 0, 0, 0) + option, ("ff02::2", 0, 0, 0))
+            rs = struct.pack("!BBHI", 133, 0, 0, 0) + option
+            while time.monotonic() < deadline:
+                try:
+                    sock.sendto(rs, ("ff02::2", 0, 0, 0))
+                    break
+                except OSError:  # the link-local address is still tentative (DAD)
+                    time.sleep(0.05)
             sock.close()
         while time.monotonic() < deadline:
             address = global_address()
             if address is None:
                 time.sleep(0.05)
                 continue
+            addressed.setdefault(name, time.monotonic() - started)
             if pinger.ping(address, 1.0):
                 done[name] = time.monotonic() - started
                 return
@@ -177,7 +188,7 @@ def wait_ready(lab: Lab, pinger: RouterPinger, started: float, timeout_s: float)
     missing = len(lab.guest_list) - len(done)
     if missing:
         print(f"  !! {missing} guests not ready within {timeout_s:.0f} s")
-    return sorted(done.values())
+    return sorted(addressed.values()), sorted(done.values())
 
 
 def proxy_pids(lab: Lab) -> list[int]:
@@ -197,13 +208,13 @@ def cpu_and_switches(pid: int) -> tuple[float, int]:
     return seconds, switches
 
 
-def idle_cost(pids: list[int], seconds: float) -> tuple[float, list[float]]:
-    """(CPU % of one core by all, wake-ups per second of each) over `seconds` idle."""
+def idle_cost(pids: list[int], seconds: float) -> tuple[dict[int, float], dict[int, float]]:
+    """Per process, (CPU % of one core, wake-ups per second) over `seconds` idle."""
     before = {pid: cpu_and_switches(pid) for pid in pids}
     time.sleep(seconds)
     after = {pid: cpu_and_switches(pid) for pid in pids if Path(f"/proc/{pid}").exists()}
-    cpu = sum(after[p][0] - before[p][0] for p in after) / seconds * 100
-    wakeups = [(after[p][1] - before[p][1]) / seconds for p in after]
+    cpu = {p: (after[p][0] - before[p][0]) / seconds * 100 for p in after}
+    wakeups = {p: (after[p][1] - before[p][1]) / seconds for p in after}
     return cpu, wakeups
 
 
@@ -218,12 +229,18 @@ def control_latency(daemon: Daemon, count: int) -> list[float]:
     return samples
 
 
-def nd_restart_times(lab: Lab, daemon: Daemon, rounds: int) -> list[float]:
+def nd_restart_times(lab: Lab, daemon: Daemon, rounds: int, unicast: bool) -> list[float]:
     """Seconds from kill -9 of a guest's worker until that guest's NS for the router is
-    answered again; one guest per round, so that each is a worker's first restart."""
+    answered again; one guest per round, so that each is a worker's first restart.
+
+    A multicast NS is answered by the kernel's responder (BPF engine) while the worker
+    is away, so it shows the guest's outage; a unicast NS, which only the workers relay
+    (the guest's and the upstream's), shows the restarted worker's own time.
+    """
     results: list[float] = []
     target = ipaddress.IPv6Address(ROUTER_ADDRESS).packed
     solicited = "ff02::1:ff" + target.hex()[-6:-4] + ":" + target.hex()[-4:]
+    destination = ROUTER_ADDRESS if unicast else solicited
 
     def probe(guest_ns: str, port: str) -> None:
         enter(guest_ns)
@@ -241,7 +258,7 @@ def nd_restart_times(lab: Lab, daemon: Daemon, rounds: int) -> list[float]:
         os.kill(pid, signal.SIGKILL)
         answered = float("nan")
         while time.perf_counter() - killed < 20:
-            sock.sendto(ns, (solicited, 0, 0, 0))
+            sock.sendto(ns, (destination, 0, 0, 0))
             time.sleep(0.002)
             try:
                 if any(sock.recv(2048)[8:24] == target for _ in range(64)):
@@ -252,7 +269,8 @@ def nd_restart_times(lab: Lab, daemon: Daemon, rounds: int) -> list[float]:
         results.append(answered)
         sock.close()
 
-    for guest in lab.guest_list[:rounds]:
+    guests = lab.guest_list[rounds:] if unicast else lab.guest_list
+    for guest in guests[:rounds]:
         thread = threading.Thread(target=probe, args=(guest.name, guest.port))
         thread.start()
         thread.join()
@@ -272,7 +290,7 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def measure(lab: Lab, zygote: bool, workdir: Path) -> dict[str, float]:
+def measure(lab: Lab, zygote: bool, workdir: Path, settle_s: float) -> dict[str, float]:
     pinger = RouterPinger(lab.router)
     daemon = Daemon(lab, workdir=workdir, worker_zygote=zygote)
     n = len(lab.guest_list)
@@ -280,9 +298,11 @@ def measure(lab: Lab, zygote: bool, workdir: Path) -> dict[str, float]:
     try:
         daemon.start(timeout=300)
         ready_1 = time.monotonic() - started
-        times = wait_ready(lab, pinger, started, timeout_s=300)
+        addressed, times = wait_ready(lab, pinger, started, timeout_s=300)
         ready = max(times) if len(times) == n else float("nan")
-        time.sleep(3.0)  # let the first neighbor reports settle
+        # Let the first reports settle and the workers' heartbeats back off to their idle
+        # pace (1 + 2 + 4 + 8 + 16 s): the idle figures are of a proxy left alone.
+        time.sleep(settle_s)
         pids = proxy_pids(lab)
         assert daemon.process is not None
         workers = {w["pid"] for w in daemon.call("workers") if w["pid"]}
@@ -290,14 +310,19 @@ def measure(lab: Lab, zygote: bool, workdir: Path) -> dict[str, float]:
         memory = {pid: memory_kib(pid) for pid in pids}
         worker_uss = [memory[p][0] / 1024 for p in workers if p in memory]
         worker_pss = [memory[p][1] / 1024 for p in workers if p in memory]
-        cpu, wakeups = idle_cost(pids, 10.0)
+        cpu_of, wakeups_of = idle_cost(pids, 10.0)
+        cpu = sum(cpu_of.values())
+        supervisor_cpu = cpu_of.get(daemon.process.pid, 0.0)
+        wakeups = [wakeups_of[p] for p in workers if p in wakeups_of]
         worker_wakeups = statistics.median(wakeups) if wakeups else float("nan")
         latency = control_latency(daemon, 300)
-        restart = nd_restart_times(lab, daemon, 5)
+        outage = nd_restart_times(lab, daemon, 5, unicast=False)
+        restart = nd_restart_times(lab, daemon, 5, unicast=True)
         figures = {
             "N": n,
             "ready_1_s": ready_1,
             "ready_s": ready,
+            "addressed_s": max(addressed) if addressed else float("nan"),
             "worker_uss": statistics.median(worker_uss),
             "worker_pss": statistics.median(worker_pss),
             "total_uss": sum(m[0] for m in memory.values()) / 1024,
@@ -305,12 +330,15 @@ def measure(lab: Lab, zygote: bool, workdir: Path) -> dict[str, float]:
             "supervisor_uss": memory[daemon.process.pid][0] / 1024,
             "zygote_uss": memory[zygote_pid][0] / 1024 if zygote_pid in memory else 0.0,
             "idle_cpu": cpu,
+            "idle_cpu_supervisor": supervisor_cpu,
             "wakeups": worker_wakeups,
             "wakeups_max": max(wakeups) if wakeups else float("nan"),
+            "wakeups_supervisor": wakeups_of.get(daemon.process.pid, float("nan")),
             "status_p50_ms": pct(latency, 0.5) * 1000,
             "status_p99_ms": pct(latency, 0.99) * 1000,
             "restart_p50_ms": statistics.median(restart) * 1000,
             "restart_max_ms": max(restart) * 1000,
+            "outage_p50_ms": statistics.median(outage) * 1000,
             "processes": len(pids),
         }
         print("  " + json.dumps({k: round(v, 2) for k, v in figures.items()}), flush=True)
@@ -433,6 +461,9 @@ def main() -> int:
     parser.add_argument("--sizes", default="16,128,256,512")
     parser.add_argument("--exec-up-to", type=int, default=128)
     parser.add_argument("--fastpath-neighbors", type=int, default=16000)
+    parser.add_argument(
+        "--settle", type=float, default=35.0, help="seconds idle before the idle figures"
+    )
     args = parser.parse_args()
     rows: list[tuple[str, dict[str, float]]] = []
     for n in (int(size) for size in args.sizes.split(",") if size):
@@ -445,20 +476,21 @@ def main() -> int:
             for zygote in modes:
                 label = "zygote" if zygote else "exec"
                 print(f"-- workers by {label}", flush=True)
-                rows.append((label, measure(lab, zygote, lab.workdir / label)))
+                rows.append((label, measure(lab, zygote, lab.workdir / label, args.settle)))
                 if zygote is False:
                     reset_guests(lab)
         finally:
             lab.down()
-    asyncio.run(fastpath_figures(args.fastpath_neighbors, 50))
-    bpf_figures(args.fastpath_neighbors, 200)
+    if args.fastpath_neighbors:  # 0: the labs only
+        asyncio.run(fastpath_figures(args.fastpath_neighbors, 50))
+        bpf_figures(args.fastpath_neighbors, 200)
     print()
     print(
         "| N | workers | READY=1 s | ready s | worker USS / PSS MiB | all USS / PSS MiB |"
         " supervisor USS MiB | zygote USS MiB | idle CPU % | wake-ups/s per process (median/max)"
-        " | status p50/p99 ms | restart ND p50/max ms |"
+        " | status p50/p99 ms | restart ND p50/max ms | outage p50 ms |"
     )
-    print("|" + " --- |" * 12)
+    print("|" + " --- |" * 13)
     for label, f in rows:
         print(
             f"| {f['N']:.0f} | {label} | {f['ready_1_s']:.1f} | {f['ready_s']:.1f} |"
@@ -468,6 +500,7 @@ def main() -> int:
             f" {f['wakeups']:.1f} / {f['wakeups_max']:.1f} |"
             f" {f['status_p50_ms']:.2f} / {f['status_p99_ms']:.2f} |"
             f" {f['restart_p50_ms']:.0f} / {f['restart_max_ms']:.0f} |"
+            f" {f['outage_p50_ms']:.0f} |"
         )
     return 0
 

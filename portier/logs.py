@@ -43,14 +43,29 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def configure(program: str, level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter(program, journald="JOURNAL_STREAM" in os.environ))
+    """Log to stderr as `program`; a second call (a worker forked from the zygote) only
+    renames and changes what differs.
+
+    setLevel clears the cache of every logger the process knows, a write to each of them,
+    which in a forked worker copies every page that holds one (~0.4 MiB measured).
+    """
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    formatter = KeyValueFormatter(program, journald="JOURNAL_STREAM" in os.environ)
+    ours = [h for h in root.handlers if isinstance(h.formatter, KeyValueFormatter)]
+    if len(ours) == 1 and len(root.handlers) == 1:
+        ours[0].setFormatter(formatter)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter)
+        root.handlers[:] = [handler]
+    wanted = logging.getLevelNamesMapping()[level.upper()]
+    if root.level != wanted:
+        root.setLevel(wanted)
     # pyroute2 logs every netlink message it parses at debug: thousands of long lines
     # when hundreds of links appear, and the formatting is most of the supervisor's time.
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    quiet = logging.getLogger("pyroute2")
+    if quiet.level != logging.WARNING:
+        quiet.setLevel(logging.WARNING)
 
 
 class RateLimiter:

@@ -113,6 +113,7 @@ WORKER_KINDS: dict[str, tuple[Field, ...]] = {
         _f("drops", dict, required=False),
         _f("histograms", dict, required=False),
         _f("seq", int, required=False),
+        _f("next_s", *_NUMBER, required=False),
     ),
     "resync": (_f("seq", int, required=False),),
     # supervisor -> worker

@@ -30,7 +30,7 @@ from portier import schema
 from portier.replication import coalesce, snapshot_to_wire
 from portier.schema import SchemaError
 from portier.supervisor.state import Change, ProxyState
-from portier.supervisor.workerpool import WorkerHandle, WorkerPool, WorkerState
+from portier.supervisor.workerpool import WorkerHandle, WorkerPool
 
 log = logging.getLogger("portier.supervisor")
 
@@ -98,11 +98,6 @@ class WorkerChannel:
             packed[key] = (changes, schema.delta_encoder(changes))
         handle.seq += 1
         await self._send(handle.interface, packed[key][1](handle.seq))
-
-    async def heartbeat(self) -> None:
-        for handle in list(self.pool.handles.values()):
-            if handle.state == WorkerState.RUNNING:
-                await self.send(handle.interface, {"kind": "heartbeat"})
 
     async def stop_workers(self) -> None:
         for handle in list(self.pool.handles.values()):

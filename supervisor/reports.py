@@ -1,6 +1,7 @@
 """What the supervisor does with each kind of message a worker sends.
 
-hello (the worker is up: its link facts, then its snapshot), heartbeat (its counters),
+hello (the worker is up: its link facts, then its snapshot), heartbeat (its counters and
+when the next beat is due; answered at once, the only beat the supervisor sends),
 resync (it lost a delta: a fresh snapshot), learned (neighbors, checked by the state;
 an address that arrived or moved is announced on the upstream, see announce.py),
 claim (its member claimed an address someone else owns: the state may start an owner
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from portier.replication import heartbeat_message
 from portier.supervisor.announce import Announcer
 from portier.supervisor.channel import WorkerChannel
 from portier.supervisor.claims import ClaimDesk
@@ -85,9 +87,14 @@ class WorkerReports:
         self.on_connected()
 
     async def on_heartbeat(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
-        handle.counters = message.get("counters", {})
-        handle.drops = message.get("drops", {})
-        handle.histograms = message.get("histograms", {})
+        """Keep the counters (an unchanged beat has none: the last ones stand), note when
+        the next beat is due, and answer: the answer is how the worker knows we live."""
+        if "counters" in message:
+            handle.counters = message["counters"]
+            handle.drops = message.get("drops", {})
+            handle.histograms = message.get("histograms", {})
+        handle.quiet_s = float(message.get("next_s", 0.0))
+        await self.channel.send(handle.interface, heartbeat_message())
 
     async def on_resync(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         await self.channel.send_snapshot(handle)

@@ -3,9 +3,10 @@
 Neighbor and loop-disable expiry (replicated and announced), owner checks that ran out
 (claims.py carries out the moves), the fast path (dirty state
 programmed, `maintain` for retries and the periodic check), saving learned neighbors at
-most every 2 s, the workers' heartbeats both ways (to the workers every 5 s: they count
-the supervisor silent after 15 s), and the systemd watchdog.  The cost of a tick grows
-with the number of workers, and ticks come once a second whatever that number.  Newly
+most every 2 s, the workers' missed heartbeats, and the systemd watchdog.  The workers'
+heartbeats are answered as they come (reports.py), so no timer sends N messages.  The
+cost of a tick grows with the number of workers, and ticks come once a second whatever
+that number.  Newly
 learned neighbors do not wait for the tick: a poke (`poke`, from the committer) has the
 fast path programmed FASTPATH_BATCH_S later, in one batch with whatever else came
 meanwhile.  The tick
@@ -31,7 +32,6 @@ from portier.supervisor.stats import SupervisorStats
 from portier.supervisor.workerpool import WorkerPool
 
 TICK_S = 1.0
-HEARTBEAT_S = 5.0
 NEIGHBOR_SAVE_S = 2.0
 FASTPATH_BATCH_S = 0.005
 LOOP_NAME = "timers"
@@ -64,7 +64,6 @@ class Timers:
         self.stats = stats
         self.claims = claims
         self.clock = clock
-        self.next_heartbeat = 0.0
         self.last_save_attempt = clock()
         self.poked = asyncio.Event()
 
@@ -108,9 +107,6 @@ class Timers:
             self.last_save_attempt = now
             await self.committer.save()
         self.pool.check_heartbeats(now)
-        if now >= self.next_heartbeat:
-            self.next_heartbeat = now + HEARTBEAT_S
-            await self.channel.heartbeat()
         self.loops.beat(LOOP_NAME)
 
     async def _expire(self, now: float) -> None:

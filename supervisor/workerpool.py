@@ -2,15 +2,16 @@
 give up when flapping.
 
 One-for-one supervision: each bound interface has one worker process.  A worker that
-exits, or misses heartbeats, is restarted at once the first time (a fork takes
-milliseconds: the guest's ND comes back in tens of them), then after an exponential
-backoff (0.1 s doubling up to 30 s; a worker that ran for a minute starts again from
-at once).  More than
-`intensity` restarts within `period_s` marks the interface FAILED: it is reported and
-left alone until an operator acts, never restarted in a tight loop.  Signals go to the
-process the pool spawned, never to a pid a worker reports.  When the supervisor itself
-was not running for a while (stopped, starved), silence from the workers says nothing
-about them: the heartbeat deadlines start afresh instead of every worker being killed.
+exits, or stays silent HEARTBEAT_TIMEOUT_S past the next heartbeat it promised (an idle
+worker beats ever less often, up to every 30 s; workers/main.py), is restarted at once
+the first time (a fork takes milliseconds: the guest's ND comes back in tens of them),
+then after an exponential backoff (0.1 s doubling up to 30 s; a worker that ran for a
+minute starts again from at once).  More than `intensity` restarts within `period_s`
+marks the interface FAILED: it is reported and left alone until an operator acts, never
+restarted in a tight loop.  Signals go to the process the pool spawned, never to a pid
+a worker reports.  When the supervisor itself was not running for a while (stopped,
+starved), silence from the workers says nothing about them: the heartbeat deadlines
+start afresh instead of every worker being killed.
 A worker is asked of the zygote first (supervisor/zygote.py); when it is down or does not
 answer, the worker is started by exec.  Either way it is watched and signalled through
 the handle the spawn returned (an asyncio Process, or a pidfd the zygote client holds).
@@ -107,7 +108,8 @@ class WorkerHandle:
     reported_pid: int = 0  # what the worker says in its hello (shown, never signalled)
     restarts: int = 0
     started_at: float = 0.0
-    last_heartbeat: float = 0.0
+    last_heartbeat: float = 0.0  # when we last heard from it, whatever it said
+    quiet_s: float = 0.0  # how long its last heartbeat said the next one may take
     backoff_s: float = FIRST_RESTART_S
     restart_times: deque[float] = field(default_factory=deque)
     seq: int = -1  # last delta sequence sent; -1 before the snapshot
@@ -182,6 +184,7 @@ class WorkerPool:
         handle.pid = process.pid
         handle.seq = -1
         handle.started_at = handle.last_heartbeat = self.clock()
+        handle.quiet_s = 0.0
         self._set(handle, WorkerState.STARTING)
         log.info("worker %s started (%s), pid %d", interface, handle.spawned_by, process.pid)
         handle.watch_task = asyncio.create_task(self._watch(handle, process))
@@ -256,7 +259,7 @@ class WorkerPool:
             if (
                 handle.state in (WorkerState.STARTING, WorkerState.RUNNING)
                 and handle.process is not None
-                and now - handle.last_heartbeat > HEARTBEAT_TIMEOUT_S
+                and now - handle.last_heartbeat > handle.quiet_s + HEARTBEAT_TIMEOUT_S
             ):
                 log.error(
                     "worker %s missed its heartbeats; killing pid %d", handle.interface, handle.pid

@@ -16,16 +16,20 @@ over an inproc socket, saying whether it answered; the main loop relays, learns 
 counts as for any ND frame, and answers what the thread did not if it can by then.
 While the replica is stale (`hold`), the thread reads nothing: frames wait in the socket
 as they do for the main loop.  The main loop sleeps in poll() meanwhile, so the thread
-rarely waits for the interpreter lock.  After the interface's sockets are reopened, the
-thread may take up to ANSWER_RECEIVE_TIMEOUT_S to leave the old one (a closed socket
-does not wake a blocked recv()); frames wait in the new one meanwhile.  Its counters
-are its own (a plain dict only it writes; the heartbeat copies it).
+rarely waits for the interpreter lock.  The thread sleeps in poll() on its socket and
+an eventfd, with no timeout: an idle worker's thread never wakes, and a new socket, a
+hold or a stop wakes it at once through the eventfd (a closed socket does not wake a
+blocked recv()).  Its counters are its own (a plain dict only it writes; the heartbeat
+copies it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
+import select
 import socket
 import struct
 import threading
@@ -63,7 +67,7 @@ class Answerer:
         self.counters: dict[str, int] = {}
         self.stopping = False
         self.held = True  # until the first snapshot
-        self._attached = threading.Event()
+        self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.thread = threading.Thread(target=self._run, name=f"answer-{interface}", daemon=True)
 
     def start(self) -> None:
@@ -80,31 +84,53 @@ class Answerer:
         self._wake()
 
     def _wake(self) -> None:
-        if self.sock is not None and not self.held:
-            self._attached.set()
+        if self._wakeup >= 0:
+            os.eventfd_write(self._wakeup, 1)
 
     def stop(self) -> None:
         self.stopping = True
-        self._attached.set()
+        self._wake()
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop, wait for the thread, and release the eventfd."""
+        self.stop()
+        if self.thread.is_alive():
+            self.thread.join(timeout_s)
+        if self._wakeup >= 0 and not self.thread.is_alive():  # one still in poll() keeps it
+            os.close(self._wakeup)
+            self._wakeup = -1
 
     def _run(self) -> None:
         relay = self.context.socket(zmq.PUSH)
         relay.setsockopt(zmq.LINGER, 0)
         relay.connect(self.endpoint)
-        buffer = bytearray(packetio.VNET_HDR_LEN + FRAME_MAX)
+        buffer = packetio.receive_buffer(packetio.VNET_HDR_LEN + FRAME_MAX)
         view = memoryview(buffer)
+        poller = select.poll()
+        poller.register(self._wakeup, select.POLLIN)
+        watched = -1
         try:
             while not self.stopping:
-                sock = self.sock
-                if sock is None or self.held:
-                    self._attached.wait(1.0)
-                    self._attached.clear()
+                sock = None if self.held else self.sock
+                fd = -1 if sock is None else sock.fileno()
+                if fd != watched:
+                    if watched >= 0:
+                        poller.unregister(watched)
+                    if fd >= 0:
+                        poller.register(fd, select.POLLIN)
+                    watched = fd
+                events = poller.poll()  # no timeout: only a frame or _wake() ends it
+                if any(ready == self._wakeup for ready, _ in events):
+                    with contextlib.suppress(BlockingIOError):
+                        os.eventfd_read(self._wakeup)
+                    continue  # look at the socket, `held` and `stopping` again
+                if sock is None:
                     continue
                 try:
                     # MSG_TRUNC: the frame's real size, so that a longer one is seen as such.
                     size = sock.recv_into(buffer, 0, socket.MSG_TRUNC)
                 except (BlockingIOError, InterruptedError):
-                    continue  # the receive timeout: look at `stopping` again
+                    continue
                 except OSError as exc:
                     # Closed under us (a new socket follows) or the interface went away.
                     if exc.errno not in (errno.EBADF, errno.ENETDOWN, errno.ENODEV, errno.ENXIO):

@@ -56,10 +56,16 @@ from portier.workers.linkwatch import LinkWatch
 
 log = logging.getLogger("portier.worker")
 
-# Heartbeats carry the counters: every second while they change, every HEARTBEAT_IDLE_S
-# while nothing does (the supervisor kills a worker silent for 5 s).
+# Heartbeats carry the counters: every second while frames come, and while nothing
+# changes ever less often, HEARTBEAT_IDLE_S at first and then twice as long each time up
+# to HEARTBEAT_IDLE_MAX_S, so that hundreds of idle workers cost next to nothing.  Each
+# beat says when the next one comes (`next_s`): the supervisor kills a worker that stays
+# silent 5 s past its promise, and answers each beat, which is how a worker hears that the
+# supervisor lives.  An unchanged beat leaves its counters out (the supervisor keeps the
+# last ones).
 HEARTBEAT_S = 1.0
 HEARTBEAT_IDLE_S = 2.0
+HEARTBEAT_IDLE_MAX_S = 30.0
 SUPERVISOR_SILENCE_S = 15.0
 LEARNED_FLUSH_S = 0.01
 LEARNED_BATCH_MAX = 512
@@ -131,10 +137,12 @@ class Worker:
         self.learned_since = 0.0
         self.last_beat: dict[str, Any] = {}
         self.last_heard = time.monotonic()
+        self.unanswered_since: float | None = None  # our first beat since the last word
+        self.beat_interval = HEARTBEAT_S
         self.supervisor_silent = False
         self.silence_s = silence_s
         self.stopping = False
-        self.buffer = bytearray(packetio.RECV_BUFFER_BYTES)
+        self.buffer = packetio.receive_buffer(packetio.RECV_BUFFER_BYTES)
         self.view = memoryview(self.buffer)
         # Multicast NS come from the answer thread, answered first (answerer.py), from
         # the tables this thread publishes to `early` (portier.answers).
@@ -170,6 +178,7 @@ class Worker:
             return
         now = time.monotonic()
         self.last_heard = now
+        self.unanswered_since = None
         kind = message["kind"]
         if self.supervisor_silent:
             self.supervisor_silent = False
@@ -460,8 +469,8 @@ class Worker:
             self.send("learned", neighbors=self.learned)
             self.learned = []
 
-    def heartbeat(self) -> bool:
-        """Send the heartbeat; whether anything in it changed since the last one."""
+    def heartbeat(self, now: float) -> float:
+        """Send the heartbeat; the seconds until the next one."""
         kernel_drops = sum(packetio.drops(sock) for sock in self.packet_sockets())
         if kernel_drops:
             self.drops[f"{self.interface}|{DropReason.SOCKET_OVERFLOW.value}"] += kernel_drops
@@ -484,9 +493,19 @@ class Worker:
             "drops": dict(self.drops),
             "histograms": {"nd_relay_seconds": self.relay.wire()},
         }
-        self.send("heartbeat", **beat)
         changed, self.last_beat = beat != self.last_beat, beat
-        return changed
+        if changed:
+            self.beat_interval = HEARTBEAT_S
+        else:
+            doubled = max(HEARTBEAT_IDLE_S, self.beat_interval * 2)
+            self.beat_interval = min(HEARTBEAT_IDLE_MAX_S, doubled)
+        if changed:
+            self.send("heartbeat", next_s=self.beat_interval, **beat)
+        else:
+            self.send("heartbeat", next_s=self.beat_interval, seq=beat["seq"])
+        if self.unanswered_since is None:
+            self.unanswered_since = now
+        return self.beat_interval
 
     # --- loop --------------------------------------------------------------------
 
@@ -519,6 +538,8 @@ class Worker:
                 deadline = min(deadline, self.learned_since + LEARNED_FLUSH_S)
             if self.link.pending:
                 deadline = min(deadline, self.link.retry_at)
+            if self.unanswered_since is not None and not self.supervisor_silent:
+                deadline = min(deadline, self.unanswered_since + self.silence_s)
             timeout_ms = max(0.0, (deadline - now) * 1000)
             ready = dict(poller.poll(math.ceil(timeout_ms)))
             if self.supervisor_pidfd is not None and self.supervisor_pidfd in ready:
@@ -553,18 +574,20 @@ class Worker:
                     self._handle(self.engine.poll(now))
             self.publish_answers()
             self.flush_learned(now)
-            if ready and next_heartbeat - now > HEARTBEAT_S:
+            frames = self.answered in ready or any(fd in ready for fd in registered)
+            if frames and next_heartbeat - now > HEARTBEAT_S:
                 next_heartbeat = now + HEARTBEAT_S  # busy again: counters go out each second
             if now >= next_heartbeat:
-                changed = self.heartbeat()
-                next_heartbeat = now + (HEARTBEAT_S if changed else HEARTBEAT_IDLE_S)
-                self.check_supervisor(now)
+                next_heartbeat = now + self.heartbeat(now)
+            self.check_supervisor(now)
         self.flush_learned(time.monotonic(), force=True)
         return 0
 
     def check_supervisor(self, now: float) -> None:
-        """Note a silent supervisor: forwarding goes on; its next word brings a resync."""
-        if not self.supervisor_silent and now - self.last_heard > self.silence_s:
+        """Note a silent supervisor (a beat unanswered for silence_s): forwarding goes on;
+        its next word brings a resync."""
+        waiting = self.unanswered_since
+        if not self.supervisor_silent and waiting is not None and now - waiting > self.silence_s:
             self.supervisor_silent = True
             self.counters["supervisor_silences"] += 1
             log.warning(
@@ -583,7 +606,7 @@ class Worker:
         self.send("link", interface=self.interface, **state.wire())
 
     def close(self) -> None:
-        self.answerer.stop()
+        self.answerer.close()
         self.close_receivers()
         if self.sender is not None:
             self.sender.close()

@@ -2,6 +2,8 @@
 
 import socket
 import struct
+import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -39,8 +41,7 @@ def rig(request):
     if not getattr(request, "param", False):
         answerer.hold(False)
     yield answerer, wire, relay
-    answerer.stop()
-    answerer.thread.join(5)
+    answerer.close(timeout_s=5)
     assert not answerer.thread.is_alive(), "the thread did not stop"
     for sock in (wire, inside):
         sock.close()
@@ -128,7 +129,7 @@ def test_held_it_reads_nothing_and_frames_wait_in_the_socket(rig):
     answerer, wire, relay = rig
     assert answerer.held
     wire.send(packetio.ZERO_VNET_HDR + NS)
-    relay.setsockopt(zmq.RCVTIMEO, 1500)  # longer than the thread's own wait
+    relay.setsockopt(zmq.RCVTIMEO, 1500)
     with pytest.raises(zmq.Again):
         relay.recv_multipart()
     wire.settimeout(0.1)
@@ -137,3 +138,38 @@ def test_held_it_reads_nothing_and_frames_wait_in_the_socket(rig):
     answerer.hold(False)  # the snapshot came: the waiting frame is answered now
     wire.settimeout(5)
     assert wire.recv(4096).endswith(b"na-for-ns-frame-")
+
+
+def _voluntary_switches(thread_id: int) -> int:
+    status = Path(f"/proc/self/task/{thread_id}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("voluntary_ctxt_switches:"))
+    return int(line.split()[1])
+
+
+def test_an_idle_thread_never_wakes_and_a_new_socket_wakes_it_at_once(rig):
+    """No receive timeout: with nothing arriving, the thread stays asleep in poll()
+    (a worker per interface, hundreds of them, each waking each second, is the idle
+    proxy's CPU).  A socket attached meanwhile is read at once all the same."""
+    answerer, wire, relay = rig
+    wire.send(packetio.ZERO_VNET_HDR + NS)
+    relay.recv_multipart()  # the thread is running, and now goes back to sleep
+    thread_id = answerer.thread.native_id
+    assert thread_id is not None
+    before = _voluntary_switches(thread_id)
+    time.sleep(2.5)  # the window observed, not a wait for an event
+    assert _voluntary_switches(thread_id) - before == 0, "the idle thread woke up"
+    wire2, inside2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        answerer.attach(inside2)
+        wire2.settimeout(5)
+        started = time.monotonic()
+        wire2.send(packetio.ZERO_VNET_HDR + NS)
+        assert wire2.recv(4096).endswith(b"na-for-ns-frame-")
+        _, frame, _ = relay.recv_multipart()
+        assert frame == NS
+        # Generous on a loaded machine, and still below the one-second timeout it had.
+        assert time.monotonic() - started < 0.9
+    finally:
+        answerer.attach(None)
+        wire2.close()
+        inside2.close()

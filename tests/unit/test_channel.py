@@ -339,3 +339,28 @@ def test_broadcasts_wait_for_an_idle_loop_and_go_out_as_one_delta_in_order(rig):
     ops = [change["op"] for change in delta["changes"]]
     assert ops == ["topology", "flush", "flush"], ops
     assert topology_from_wire(delta["changes"][0]["topology"]).interfaces["vm2"].mtu == 1300
+
+
+def test_a_heartbeat_is_answered_and_an_unchanged_one_keeps_the_counters(rig):
+    """The answer is the worker's proof that the supervisor lives (no timer sends the
+    workers anything); `next_s` moves the deadline for the worker's next word."""
+
+    async def scenario() -> list[dict]:
+        loop = asyncio.create_task(rig.channel.receive(rig.reports.handle))
+        vm1 = rig.worker("vm1")
+        await vm1.send(schema.encode(hello("vm1", os.getpid())))
+        await rig.receive(vm1)  # the snapshot
+        answers = []
+        beat = {"kind": "heartbeat", "seq": 0, "next_s": 1.0, "counters": {"rx": 5}}
+        await vm1.send(schema.encode(beat))
+        answers.append(await rig.receive(vm1))
+        await vm1.send(schema.encode({"kind": "heartbeat", "seq": 0, "next_s": 16.0}))
+        answers.append(await rig.receive(vm1))
+        loop.cancel()
+        return answers
+
+    answers = asyncio.run(scenario())
+    handle = rig.pool.handles["vm1"]
+    assert [a["kind"] for a in answers] == ["heartbeat", "heartbeat"]
+    assert handle.counters == {"rx": 5}, "an unchanged beat wiped the counters"
+    assert handle.quiet_s == 16.0

@@ -182,3 +182,37 @@ def test_a_stalled_supervisor_resets_heartbeat_deadlines_instead_of_killing():
             await pool.stop_all(timeout_s=2)
 
     asyncio.run(scenario())
+
+
+def test_a_worker_is_killed_only_when_silent_past_the_beat_it_promised():
+    """An idle worker promises its next beat up to 30 s ahead; silence within that (and
+    the timeout after it) is not a hang, silence beyond it is."""
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        pool = WorkerPool(
+            "ipc:///nonexistent",
+            worker_args=[],
+            on_state=lambda h: None,
+            command=SLEEPER,
+            clock=clock,
+        )
+        try:
+            handle = await pool.start("eth0")
+            process = handle.process
+            assert process is not None
+            pool.heard_from("eth0")
+            handle.quiet_s = 30.0  # "my next beat comes within 30 s"
+            for _ in range(68):  # 34 s of ticks: within 30 s + HEARTBEAT_TIMEOUT_S
+                clock.now += 0.5
+                pool.check_heartbeats(clock.now)
+            await asyncio.sleep(0.2)
+            assert process.returncode is None, "killed within its promise"
+            for _ in range(4):
+                clock.now += 0.5
+                pool.check_heartbeats(clock.now)
+            assert await asyncio.wait_for(process.wait(), 5) == -9
+        finally:
+            await pool.stop_all(timeout_s=2)
+
+    asyncio.run(scenario())

@@ -29,13 +29,9 @@ class Clock:
 class Channel:
     def __init__(self) -> None:
         self.broadcasts = Broadcasts()
-        self.heartbeats = 0
 
     async def broadcast(self, changes, exclude=None):
         await self.broadcasts(changes, exclude)
-
-    async def heartbeat(self):
-        self.heartbeats += 1
 
 
 class Rig:
@@ -191,9 +187,3 @@ def test_a_timer_loop_that_stops_beating_stops_the_watchdog(tmp_path):
         await rig.loops.stop()
 
     asyncio.run(scenario())
-
-
-def test_heartbeats_go_out_every_five_seconds(tmp_path):
-    rig = Rig(tmp_path)
-    asyncio.run(rig.ticks(40))  # 20 s of half-second steps
-    assert rig.channel.heartbeats == 4

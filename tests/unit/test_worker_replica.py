@@ -178,6 +178,8 @@ def test_a_silent_supervisor_is_outlived_and_asked_for_a_snapshot(worker):
     topology, neighbors = authoritative()
     worker.on_message(snapshot(topology, neighbors))
     now = time.monotonic()
+    worker.heartbeat(now)  # and no answer to it
+    worker.sent.clear()
     worker.check_supervisor(now + worker.silence_s + 5)
     assert worker.supervisor_silent and worker.counters["supervisor_silences"] == 1
     assert worker.seq == 0  # the replica is kept: forwarding goes on with it
@@ -214,3 +216,40 @@ def test_the_kernel_answers_flag_travels_with_the_topology():
     assert topology_from_wire(older).kernel_answers is False
     with pytest.raises(SchemaError):
         topology_from_wire({**older, "kernel_answers": "yes"})
+
+
+def test_idle_heartbeats_back_off_and_leave_unchanged_counters_out(worker):
+    """Hundreds of idle workers must cost next to nothing: an unchanged beat is small,
+    and each one promises the next later, up to HEARTBEAT_IDLE_MAX_S; a change brings
+    the whole beat and the one-second pace back."""
+    from portier.workers.main import HEARTBEAT_IDLE_MAX_S, HEARTBEAT_IDLE_S, HEARTBEAT_S
+
+    now = time.monotonic()
+    intervals = []
+    for _ in range(8):
+        intervals.append(worker.heartbeat(now))
+        worker.on_message(schema.encode(heartbeat_message()))  # the supervisor answers
+    assert intervals[0] == HEARTBEAT_S  # the first beat is news
+    assert intervals[1:5] == [HEARTBEAT_IDLE_S, 4.0, 8.0, 16.0]
+    assert intervals[-1] == HEARTBEAT_IDLE_MAX_S
+    beats = [fields for kind, fields in worker.sent if kind == "heartbeat"]
+    assert "counters" in beats[0] and all("counters" not in b for b in beats[1:])
+    assert [b["next_s"] for b in beats] == intervals  # each says when the next comes
+    worker.counters["something_new"] += 1
+    assert worker.heartbeat(now) == HEARTBEAT_S
+    assert worker.sent[-1][1]["counters"]["something_new"] == 1
+
+
+def test_a_long_idle_interval_is_not_a_silent_supervisor(worker):
+    """Silence is a beat left unanswered, not time since the last word: an idle worker
+    hears nothing for 30 s between its beats, and that is no silence."""
+    now = time.monotonic()
+    worker.heartbeat(now)
+    worker.on_message(schema.encode(heartbeat_message()))
+    worker.check_supervisor(now + worker.silence_s * 3)  # long after the last word
+    assert not worker.supervisor_silent
+    worker.heartbeat(now + worker.silence_s * 3)
+    worker.check_supervisor(now + worker.silence_s * 3.5)  # unanswered, within silence_s
+    assert not worker.supervisor_silent
+    worker.check_supervisor(now + worker.silence_s * 4 + 1)
+    assert worker.supervisor_silent
