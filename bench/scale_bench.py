@@ -235,7 +235,9 @@ def nd_restart_times(lab: Lab, daemon: Daemon, rounds: int, unicast: bool) -> li
 
     A multicast NS is answered by the kernel's responder (BPF engine) while the worker
     is away, so it shows the guest's outage; a unicast NS, which only the workers relay
-    (the guest's and the upstream's), shows the restarted worker's own time.
+    (the guest's and the upstream's), shows the restarted worker's own time.  For that
+    one the guest holds the router's MAC as a permanent neighbor meanwhile, or its own
+    kernel would resolve the router by a multicast NS, which the kernel answers.
     """
     results: list[float] = []
     target = ipaddress.IPv6Address(ROUTER_ADDRESS).packed
@@ -243,6 +245,19 @@ def nd_restart_times(lab: Lab, daemon: Daemon, rounds: int, unicast: bool) -> li
     destination = ROUTER_ADDRESS if unicast else solicited
 
     def probe(guest_ns: str, port: str) -> None:
+        if unicast:
+            port_mac = json.loads(run("ip", "-n", lab.proxy, "-j", "link", "show", port).stdout)
+            neighbor = ("neigh", "replace", ROUTER_ADDRESS, "dev", "eth0")
+            run(
+                "ip",
+                "-n",
+                guest_ns,
+                *neighbor,
+                "lladdr",
+                port_mac[0]["address"],
+                "nud",
+                "permanent",
+            )
         enter(guest_ns)
         sock = icmp_socket(136)
         multicast_out(sock)
@@ -268,6 +283,8 @@ def nd_restart_times(lab: Lab, daemon: Daemon, rounds: int, unicast: bool) -> li
                 pass
         results.append(answered)
         sock.close()
+        if unicast:
+            run("ip", "-n", guest_ns, "neigh", "del", ROUTER_ADDRESS, "dev", "eth0")
 
     guests = lab.guest_list[rounds:] if unicast else lab.guest_list
     for guest in guests[:rounds]:
