@@ -5,8 +5,10 @@ protocol: the supervisor builds its messages with the constructors below (a snap
 carries the whole topology and neighbor cache; a delta carries a list of changes,
 numbered per worker), and a worker applies them with `Replica`, which also decides when
 the replica is stale (a gap in the numbering, or a message it cannot apply) and asks for
-a fresh snapshot.  The topology is small (tens of interfaces), so a topology change ships
-the whole topology; neighbors change often and ship one entry at a time.  Every op is
+a fresh snapshot.  A topology change ships the whole topology, except what the kernel
+says of one interface (its hello and link reports: a host with hundreds of guests has
+hundreds of them at start-up), which ships that interface alone; neighbors change often
+and ship one entry at a time.  Every op is
 checked before anything is applied: an unknown op is an error that makes the worker
 resync, never something skipped.  No I/O: the worker sends what `Replica` asks for.
 """
@@ -25,10 +27,11 @@ from portier.status import Code, Status
 Change = dict[str, Any]
 
 OP_TOPOLOGY = "topology"
+OP_INTERFACE = "interface"
 OP_NEIGHBOR = "neighbor"
 OP_NEIGHBOR_REMOVED = "neighbor_removed"
 OP_FLUSH = "flush"
-OPS = frozenset({OP_TOPOLOGY, OP_NEIGHBOR, OP_NEIGHBOR_REMOVED, OP_FLUSH})
+OPS = frozenset({OP_TOPOLOGY, OP_INTERFACE, OP_NEIGHBOR, OP_NEIGHBOR_REMOVED, OP_FLUSH})
 # The seq a worker reports when it holds no replica.
 NO_SEQ = -1
 
@@ -49,20 +52,7 @@ def topology_to_wire(topology: Topology) -> dict[str, Any]:
         "nested": topology.nested,
         "loop_disable_s": topology.loop_disable_s,
         "kernel_answers": topology.kernel_answers,
-        "interfaces": [
-            {
-                "name": i.name,
-                "ifindex": i.ifindex,
-                "mac": i.mac,
-                "mtu": i.mtu,
-                "addresses": sorted(i.addresses),
-                "group": i.group,
-                "disable_reasons": sorted(r.value for r in i.disable_reasons),
-                "loop_disabled_until": i.loop_disabled_until,
-                "bound_by": i.bound_by,
-            }
-            for i in topology.interfaces.values()
-        ],
+        "interfaces": [interface_to_wire(i) for i in topology.interfaces.values()],
         "groups": [
             {
                 "name": g.name,
@@ -76,6 +66,20 @@ def topology_to_wire(topology: Topology) -> dict[str, Any]:
             }
             for g in topology.groups.values()
         ],
+    }
+
+
+def interface_to_wire(i: Interface) -> dict[str, Any]:
+    return {
+        "name": i.name,
+        "ifindex": i.ifindex,
+        "mac": i.mac,
+        "mtu": i.mtu,
+        "addresses": sorted(i.addresses),
+        "group": i.group,
+        "disable_reasons": sorted(r.value for r in i.disable_reasons),
+        "loop_disabled_until": i.loop_disabled_until,
+        "bound_by": i.bound_by,
     }
 
 
@@ -218,15 +222,38 @@ def change_topology(topology: Topology) -> Change:
     return {"op": OP_TOPOLOGY, "topology": topology_to_wire(topology)}
 
 
+def change_interface(interface: Interface) -> Change:
+    """One interface's own facts (link, addresses, disable reasons), its group unchanged."""
+    return {"op": OP_INTERFACE, "interface": interface_to_wire(interface)}
+
+
 def coalesce(changes: list[Change]) -> list[Change]:
-    """The same changes with one topology op: each carries the whole topology, so the last
-    one's content, at the first one's place (neighbor ops after it then find their
-    interfaces), leaves a replica as all of them in order would."""
+    """The same changes with at most one topology op and one interface op per interface,
+    leaving a replica as all of them in order would.
+
+    A topology op carries the whole topology, so the last one's content goes at the first
+    one's place (neighbor ops after it then find their interfaces), and interface ops
+    made before it are in it already.  Of the interface ops after it, each interface's
+    last one stands (they change nothing but that interface's own facts).
+    """
     places = [i for i, change in enumerate(changes) if change.get("op") == OP_TOPOLOGY]
-    if len(places) < 2:
-        return changes
-    merged = [c for i, c in enumerate(changes) if i == places[0] or i not in places]
-    merged[places[0]] = changes[places[-1]]
+    last_topology = places[-1] if places else -1
+    last_of: dict[str, int] = {}
+    for i, change in enumerate(changes):
+        if change.get("op") == OP_INTERFACE and i > last_topology:
+            last_of[change["interface"]["name"]] = i
+    kept_interfaces = set(last_of.values())
+    merged = []
+    for i, change in enumerate(changes):
+        op = change.get("op")
+        if op == OP_TOPOLOGY:
+            if i == places[0]:
+                merged.append(changes[last_topology])
+        elif op == OP_INTERFACE:
+            if i in kept_interfaces:
+                merged.append(change)
+        else:
+            merged.append(change)
     return merged
 
 
@@ -250,6 +277,7 @@ def change_flush(group: str | None) -> Change:
 class _Op:
     op: str
     topology: Topology | None = None
+    interface: Interface | None = None
     neighbor: Neighbor | None = None
     group: str | None = None
     address: bytes = b""
@@ -264,6 +292,12 @@ def _decode_change(change: object) -> _Op:
     try:
         if op == OP_TOPOLOGY:
             return _Op(op, topology=topology_from_wire(change["topology"]))
+        if op == OP_INTERFACE:
+            item = _typed(change["interface"], dict, "interface")
+            try:
+                return _Op(op, interface=_interface_from_wire(item))
+            except (TypeError, ValueError) as exc:
+                raise _invalid(f"bad interface change: {exc!r}") from None
         if op == OP_NEIGHBOR:
             return _Op(op, neighbor=neighbor_from_wire(change["neighbor"]))
         group = change["group"]
@@ -349,12 +383,17 @@ class Replica:
 
     def _delta(self, changes: list[Any]) -> Outcome:
         ops = [_decode_change(change) for change in changes]  # all checked, then applied
+        self._check_interface_ops(ops)
         topology_changed = flushed = False
         stored: list[Neighbor] = []
         removed: list[tuple[str, bytes]] = []
         for op in ops:
             if op.topology is not None:
                 _replace_topology(self.topology, op.topology)
+                topology_changed = True
+            elif op.interface is not None:
+                self.topology.interfaces[op.interface.name] = op.interface
+                self.topology.invalidate()
                 topology_changed = True
             elif op.neighbor is not None:
                 self.neighbors.put(op.neighbor)
@@ -373,6 +412,18 @@ class Replica:
             removed=tuple(removed),
             flushed=flushed,
         )
+
+    def _check_interface_ops(self, ops: list[_Op]) -> None:
+        """An interface op may change only an interface bound to the same group, as the
+        replica will hold it by then; anything else is a replica out of step."""
+        groups = {i.name: i.group for i in self.topology.interfaces.values()}
+        for op in ops:
+            if op.topology is not None:
+                groups = {i.name: i.group for i in op.topology.interfaces.values()}
+            elif op.interface is not None:
+                name = op.interface.name
+                if name not in groups or groups[name] != op.interface.group:
+                    raise _invalid(f"bad interface change: {name} is not bound so here")
 
 
 def apply_snapshot(topology: Topology, neighbors: NeighborCache, state: dict[str, Any]) -> None:

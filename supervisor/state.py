@@ -20,6 +20,7 @@ from portier.ownership import ClaimOutcome, OwnerChecks, Probe, Settled, protect
 from portier.replication import (
     Change,
     change_flush,
+    change_interface,
     change_neighbor,
     change_neighbor_removed,
     change_topology,
@@ -108,7 +109,7 @@ class ProxyState:
         present = facts.ifindex != 0
         self.topology.set_reason(name, DisableReason.NOT_PRESENT, not present)
         self.topology.set_reason(name, DisableReason.LINK_DOWN, present and not facts.up)
-        return self.topology_changed()
+        return [change_interface(interface)]  # only its own facts changed
 
     def on_learned(self, name: str, items: list[Any], now: float) -> LearnedOutcome:
         """Accept the entries a worker learned on its own interface, as ownership allows."""

@@ -522,7 +522,10 @@ class Worker:
         self.hello()
         next_heartbeat = time.monotonic()
         while not self.stopping:
-            descriptors = [sock.fileno() for sock in self.receivers]
+            # While the replica is stale, frames wait in their sockets: a socket in the
+            # poller would make poll() return at once, again and again, until the
+            # snapshot came (hundreds of workers spinning through a start-up).
+            descriptors = [] if self.replica.stale else [s.fileno() for s in self.receivers]
             if registered != descriptors:
                 for fd in registered:
                     poller.unregister(fd)

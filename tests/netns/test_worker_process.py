@@ -8,6 +8,7 @@ with the process that started it.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,15 +24,25 @@ from portier.neighbors import NeighborCache
 from portier.replication import heartbeat_message, snapshot_message
 
 SILENCE_S = 1.0
+# Frames sent into a namespace's veth from its peer, by a process in that namespace.
+SEND_FRAMES = """
+import socket, sys
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+sock.bind(("w1", 0))
+dst = bytes.fromhex(open("/sys/class/net/w0/address").read().strip().replace(":", ""))
+ip6 = bytes.fromhex("60000000000811ff" + "fe80" + "00" * 13 + "01" + "fe80" + "00" * 13 + "02")
+for _ in range(int(sys.argv[1])):
+    sock.send(dst + bytes.fromhex("020000000001") + b"\\x86\\xdd" + ip6 + bytes(8))
+"""
 
 
-def worker_argv(endpoint: str) -> list[str]:
+def worker_argv(endpoint: str, interface: str = "lo") -> list[str]:
     return [
         sys.executable,
         "-m",
         "portier.workers",
         "--interface",
-        "lo",
+        interface,
         "--endpoint",
         endpoint,
         "--supervisor-silence",
@@ -127,6 +138,42 @@ def test_the_worker_dies_with_the_process_that_started_it(supervisor, tmp_path):
             parent.kill()
         if pid_file.exists() and pid_file.read_text() and _alive(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_worker_waiting_for_its_snapshot_does_not_spin_on_the_frames_that_wait(supervisor):
+    """Before the snapshot, frames wait in the packet sockets; a socket with a frame in it
+    left in the poller made poll() return at once, over and over: hundreds of workers
+    starting together each burnt a core until their snapshot came."""
+    router, endpoint = supervisor
+    namespace = "ptw" + secrets.token_hex(3)
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    worker = None
+    try:
+        ns = ["ip", "-n", namespace, "link"]
+        subprocess.run([*ns, "add", "w0", "type", "veth", "peer", "name", "w1"], check=True)
+        for name in ("w0", "w1"):
+            subprocess.run([*ns, "set", name, "up"], check=True)
+        argv = ["ip", "netns", "exec", namespace, *worker_argv(endpoint, "w0")]
+        worker = subprocess.Popen(argv)  # ip netns exec execs: this pid is the worker's
+        receive(router, "hello", 10)  # and no snapshot ever: its replica stays stale
+        sender = ["ip", "netns", "exec", namespace, sys.executable, "-c", SEND_FRAMES, "20"]
+        subprocess.run(sender, check=True, timeout=30)
+        before = _cpu_s(worker.pid)
+        time.sleep(2.0)  # the window observed, not a wait for an event
+        used = _cpu_s(worker.pid) - before
+        assert worker.poll() is None
+        assert used < 0.5, f"the waiting worker used {used:.2f} s of CPU in 2 s"
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait(5)
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
 
 
 def _alive(pid: int) -> bool:
