@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from portier.replication import heartbeat_message
+from portier.supervisor import views
 from portier.supervisor.announce import Announcer
 from portier.supervisor.channel import WorkerChannel
 from portier.supervisor.claims import ClaimDesk
@@ -93,6 +94,7 @@ class WorkerReports:
             handle.counters = message["counters"]
             handle.drops = message.get("drops", {})
             handle.histograms = message.get("histograms", {})
+            handle.frames = views.frame_counts(handle.counters, handle.drops)
         handle.quiet_s = float(message.get("next_s", 0.0))
         await self.channel.send(handle.interface, heartbeat_message())
 

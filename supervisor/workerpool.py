@@ -117,6 +117,7 @@ class WorkerHandle:
     counters: dict[str, Any] = field(default_factory=dict)
     drops: dict[str, Any] = field(default_factory=dict)
     histograms: dict[str, Any] = field(default_factory=dict)
+    frames: tuple[int, int, int] = (0, 0, 0)  # received, forwarded, dropped (views.py)
     last_exit: int | None = None
     restart_task: asyncio.Task[None] | None = None
     watch_task: asyncio.Task[None] | None = None

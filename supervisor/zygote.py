@@ -9,7 +9,11 @@ comes from the zygote's report; when the zygote is gone, the exit is still seen 
 pidfd and the status is UNKNOWN_EXIT.  The zygote is supervised like a worker: a crash
 (or a request it does not answer in time, then it is killed) is followed by a restart
 with backoff, and until it is back `spawn` returns None, so that the pool starts
-workers by exec as before.  Workers it forked outlive it.
+workers by exec as before.  Workers it forked outlive it.  Requests queue in the
+zygote, which forks one at a time, so a hung zygote is one that answers nothing for
+SPAWN_TIMEOUT_S while requests wait, not one whose 500th answer comes a second after
+the first request (hundreds of interfaces at start-up used to kill a working zygote and
+fall back to 15 MiB exec'd workers).
 """
 
 from __future__ import annotations
@@ -145,6 +149,7 @@ class ZygoteSpawner:
         self.sock: socket.socket | None = None
         self.next_id = 0
         self.pending: dict[int, asyncio.Future[ForkedWorker | None]] = {}
+        self.progress_at = 0.0  # loop time of the last answer, or of a request to an idle one
         self.children: dict[int, ForkedWorker] = {}
         self.ready = asyncio.Event()
 
@@ -234,7 +239,10 @@ class ZygoteSpawner:
             return None
         self.next_id += 1
         request_id = self.next_id
-        future: asyncio.Future[ForkedWorker | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ForkedWorker | None] = loop.create_future()
+        if not self.pending:
+            self.progress_at = loop.time()
         self.pending[request_id] = future
         try:
             self.sock.send(spawning.encode("spawn", id=request_id, argv=argv))
@@ -243,11 +251,16 @@ class ZygoteSpawner:
             log.warning("cannot ask the zygote for a worker: %s", exc)
             return None
         try:
-            return await asyncio.wait_for(future, SPAWN_TIMEOUT_S)
-        except TimeoutError:
-            log.error("the zygote did not answer in %.1f s; killing it", SPAWN_TIMEOUT_S)
-            self._kill()
-            return None
+            while True:
+                left = self.progress_at + SPAWN_TIMEOUT_S - loop.time()
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), max(0.0, left))
+                except TimeoutError:
+                    if future.done() or loop.time() - self.progress_at < SPAWN_TIMEOUT_S:
+                        continue  # it answered someone meanwhile: still working
+                    log.error("the zygote answered nothing for %.1f s; killing it", SPAWN_TIMEOUT_S)
+                    self._kill()
+                    return None
         finally:
             self.pending.pop(request_id, None)
 
@@ -290,6 +303,7 @@ class ZygoteSpawner:
                 self.ready.set()
                 log.info("zygote ready, pid %d", self.pid)
         elif op == "spawned":
+            self.progress_at = asyncio.get_running_loop().time()
             worker = self._adopt(message["pid"], lifeline)
             lifeline = None
             future = self.pending.get(message["id"])
@@ -302,6 +316,7 @@ class ZygoteSpawner:
             if child is not None:
                 child.report_exit(message["code"])
         elif op == "error":
+            self.progress_at = asyncio.get_running_loop().time()
             log.warning("the zygote refused a worker: %s", message["message"])
             future = self.pending.get(message["id"]) if message["id"] is not None else None
             if future is not None and not future.done():

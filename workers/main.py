@@ -139,6 +139,7 @@ class Worker:
         self.last_heard = time.monotonic()
         self.unanswered_since: float | None = None  # our first beat since the last word
         self.beat_interval = HEARTBEAT_S
+        self.next_beat = 0.0
         self.supervisor_silent = False
         self.silence_s = silence_s
         self.stopping = False
@@ -365,6 +366,9 @@ class Worker:
             received_at = time.perf_counter()
             header = bytes(view[:header_len])
             self.receive(header, bytes(view[header_len:size]), is_nd, now, received_at)
+            # A turn can be long (each NS for an unknown target goes out of every member):
+            # beat within it, or the supervisor takes a busy worker for a hung one.
+            self.beat_if_due(time.monotonic())
         self.counters["rx_nd" if is_nd else "rx_data"] += count
         return count
 
@@ -507,6 +511,10 @@ class Worker:
             self.unanswered_since = now
         return self.beat_interval
 
+    def beat_if_due(self, now: float) -> None:
+        if now >= self.next_beat:
+            self.next_beat = now + self.heartbeat(now)
+
     # --- loop --------------------------------------------------------------------
 
     def run(self) -> int:
@@ -520,7 +528,7 @@ class Worker:
         self.open_receivers()
         registered: list[int] = []  # pyzmq reports plain sockets by file descriptor
         self.hello()
-        next_heartbeat = time.monotonic()
+        self.next_beat = time.monotonic()
         while not self.stopping:
             # While the replica is stale, frames wait in their sockets: a socket in the
             # poller would make poll() return at once, again and again, until the
@@ -533,7 +541,7 @@ class Worker:
                     poller.register(fd, zmq.POLLIN)
                 registered = descriptors
             now = time.monotonic()
-            deadline = next_heartbeat
+            deadline = self.next_beat
             engine_deadline = None if self.replica.stale else self.engine.next_deadline()
             if engine_deadline is not None:
                 deadline = min(deadline, engine_deadline)
@@ -578,10 +586,9 @@ class Worker:
             self.publish_answers()
             self.flush_learned(now)
             frames = self.answered in ready or any(fd in ready for fd in registered)
-            if frames and next_heartbeat - now > HEARTBEAT_S:
-                next_heartbeat = now + HEARTBEAT_S  # busy again: counters go out each second
-            if now >= next_heartbeat:
-                next_heartbeat = now + self.heartbeat(now)
+            if frames and self.next_beat - now > HEARTBEAT_S:
+                self.next_beat = now + HEARTBEAT_S  # busy again: counters go out each second
+            self.beat_if_due(now)
             self.check_supervisor(now)
         self.flush_learned(time.monotonic(), force=True)
         return 0

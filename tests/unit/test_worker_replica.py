@@ -253,3 +253,25 @@ def test_a_long_idle_interval_is_not_a_silent_supervisor(worker):
     assert not worker.supervisor_silent
     worker.check_supervisor(now + worker.silence_s * 4 + 1)
     assert worker.supervisor_silent
+
+
+def test_a_long_turn_of_frames_still_beats(worker, monkeypatch):
+    """A worker flooding NS out of hundreds of members can spend seconds in one turn; it
+    must beat within it, or the supervisor kills it as hung (up0 was, at 512 guests)."""
+    import socket
+
+    from portier.workers import packetio
+
+    wire, inside = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        inside.setblocking(False)
+        for _ in range(4):
+            wire.send(bytes(packetio.VNET_HDR_LEN) + bytes(60))
+        monkeypatch.setattr(worker, "receive", lambda *args: time.sleep(0.4))  # slow work
+        worker.next_beat = time.monotonic() + 1.0
+        assert worker.drain(inside, False, 256) == 4
+        beats = [fields for kind, fields in worker.sent if kind == "heartbeat"]
+        assert len(beats) == 1, "no heartbeat within a 1.6 s turn"
+    finally:
+        wire.close()
+        inside.close()
