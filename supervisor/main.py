@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import faulthandler
 import json
 import logging
+import resource
 import signal
 import sys
 import time
@@ -332,6 +334,16 @@ class Supervisor:
             self.readiness.check()
 
 
+def raise_descriptor_limit() -> None:
+    """Take the soft descriptor limit up to the hard one: each worker costs a pidfd and a
+    lifeline, and systemd's soft default of 1024 runs out near 500 interfaces.  Nothing
+    here uses select(), the one reason to keep it low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="portierd", description="Portier ND proxy daemon")
     parser.add_argument("--config", type=Path, default=DEFAULT_PATH)
@@ -355,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if overrides:
         config = dataclasses.replace(config, **overrides)
     faulthandler.register(signal.SIGUSR2)  # stack dump for debugging a stuck daemon
+    raise_descriptor_limit()
 
     async def run() -> int:
         return await Supervisor(config, config_path=args.config, log_level=args.log_level).run()

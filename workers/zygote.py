@@ -124,9 +124,7 @@ class Zygote:
             return None
         if pid == 0:
             lifeline.close()
-            os.dup2(childs_end.fileno(), LIFELINE_FD)  # the first one a dying process closes
-            childs_end.close()
-            self.become_worker(argv)  # never returns
+            self.become_worker(argv, childs_end)  # never returns
         childs_end.close()
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = pid
@@ -144,12 +142,26 @@ class Zygote:
             return
         self.send("exited", pid=pid, code=exit_code(status))
 
-    def become_worker(self, argv: list[str]) -> None:
+    def close_inherited(self) -> None:
+        """In a new child: what belongs to the zygote (its request socket, the siblings'
+        pidfds)."""
+        self.requests.close()
+        for pidfd in self.children:
+            os.close(pidfd)
+        self.children.clear()
+
+    def become_worker(self, argv: list[str], childs_end: socket.socket) -> None:
         code = 1
         try:
-            self.requests.close()
-            for pidfd in self.children:
-                os.close(pidfd)
+            self.close_inherited()
+            # Only now: with hundreds of children, a sibling's pidfd may sit on LIFELINE_FD,
+            # and closing it afterwards cut the new worker's lifeline (the supervisor took
+            # it for dead and started another, again and again).
+            if childs_end.fileno() == LIFELINE_FD:
+                childs_end.detach()
+            else:
+                os.dup2(childs_end.fileno(), LIFELINE_FD)  # the first one a dying process closes
+                childs_end.close()
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             interface = argv[argv.index("--interface") + 1] if "--interface" in argv else "?"
             _prctl(PR_SET_NAME, f"portier-w {interface}"[:15].encode())

@@ -216,3 +216,22 @@ def test_a_worker_is_killed_only_when_silent_past_the_beat_it_promised():
             await pool.stop_all(timeout_s=2)
 
     asyncio.run(scenario())
+
+
+def test_the_daemon_takes_its_descriptor_limit_up_to_the_hard_one():
+    """Each worker costs the supervisor a pidfd and a lifeline: systemd's soft limit of
+    1024 would run out near 500 interfaces."""
+    import subprocess
+
+    code = (
+        "import resource\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "from portier.supervisor.main import raise_descriptor_limit\n"
+        "raise_descriptor_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "True", result.stderr
