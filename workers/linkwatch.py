@@ -7,18 +7,25 @@ every interface).  The kernel's answers are trusted only when whole: an address 
 kernel flags as interrupted (NLM_F_DUMP_INTR: something changed meanwhile) is redone, a
 look that fails (a timeout, an error) keeps the previous state and is retried, and an
 overrun of the event socket (ENOBUFS: events were lost, as under a storm of interfaces
-coming and going) makes it look again.  The few rtnetlink messages needed are decoded
+coming and going) makes it look again.  Every worker of a host hears every link and
+address event of its namespace, so the event socket carries a kernel-side filter: only
+events of our ifindex come through (all link events while the interface is absent), and
+a worker's start no longer wakes hundreds of others.  The address dump asks the kernel
+for our interface alone (NETLINK_GET_STRICT_CHK).  The few rtnetlink messages needed are decoded
 here by hand: a full netlink library costs a worker more memory than all the rest of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from portier.workers import packetio
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1
@@ -36,6 +43,11 @@ REQUEST_TIMEOUT_S = 2.0
 ATTEMPTS = 5  # an interrupted dump is redone this many times before giving up for now
 RETRY_S = 0.5
 EVENTS_PER_READ = 256  # then the loop's other work; the socket stays readable
+SOL_NETLINK = 270
+NETLINK_GET_STRICT_CHK = 12
+# Where ifinfomsg's and ifaddrmsg's interface index sits in an event, both alike: after
+# the 16-byte nlmsghdr and 4 bytes of family, type or prefix fields.
+EVENT_INDEX_AT = 20
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
@@ -132,6 +144,7 @@ class LinkWatch:
         self._events.bind((0, RTMGRP_LINK | RTMGRP_IPV6_IFADDR))
         self._events.setblocking(False)
         self._seq = 0
+        self._filtered: int | None = None  # the ifindex the event filter lets through
         self.state = LinkState()
         # True while the last look failed (kept the previous state): look again at
         # `retry_at` (the worker's loop asks `due`).
@@ -156,6 +169,8 @@ class LinkWatch:
         header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | flags, seq, 0)
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as query:
             query.settimeout(REQUEST_TIMEOUT_S)
+            with contextlib.suppress(OSError):  # older kernels: the dump is filtered below
+                query.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
             query.sendto(header + body, (0, 0))
             return collect_replies(iter(lambda: query.recv(1 << 16), b""), seq)
 
@@ -203,10 +218,32 @@ class LinkWatch:
                 self._count(f"netlink_{errno.errorcode.get(exc.errno or 0, 'timeout').lower()}")
                 break
             self.pending = False
+            if self._filter_events():
+                continue  # an event of the new interface may have met the old filter
             return self.state
         self.pending = True
         self.retry_at = now + RETRY_S
         return self.state
+
+    def _filter_events(self) -> bool:
+        """Let through only events of our interface; True when the filter moved from one
+        ifindex to another (the interface went, or came back as a new one)."""
+        index = self.state.ifindex
+        if index == self._filtered:
+            return False
+        if index:
+            wanted = int.from_bytes(struct.pack("=I", index), "big")  # as BPF loads it
+            program = [
+                (packetio.LDW_ABS, 0, 0, EVENT_INDEX_AT),
+                (packetio.JEQ, 0, 1, wanted),
+                (packetio.RET, 0, 0, packetio.ACCEPT),
+                (packetio.RET, 0, 0, 0),
+            ]
+        else:  # absent: every link event, to see it come back under its name
+            program = [(packetio.RET, 0, 0, packetio.ACCEPT)]
+        packetio.attach_filter(self._events, packetio.bpf_program(program))
+        moved, self._filtered = self._filtered not in (None, 0), index
+        return moved
 
     def due(self, now: float) -> bool:
         return self.pending and now >= self.retry_at

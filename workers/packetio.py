@@ -59,67 +59,67 @@ def receive_buffer(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size)
 
 
-def _bpf(program: list[tuple[int, int, int, int]]) -> bytes:
+def bpf_program(program: list[tuple[int, int, int, int]]) -> bytes:
     return b"".join(struct.pack("HBBI", *insn) for insn in program)
 
 
 # Classic BPF opcodes used below.
-_LDW_ABS, _LDH_ABS, _LDB_ABS = 0x20, 0x28, 0x30
-_JEQ, _JGE, _JGT, _RET = 0x15, 0x35, 0x25, 0x06
-_ACCEPT = 0xFFFFFFFF  # snap length: whole frames, BIG TCP super-frames included
+LDW_ABS, _LDH_ABS, _LDB_ABS = 0x20, 0x28, 0x30
+JEQ, _JGE, _JGT, RET = 0x15, 0x35, 0x25, 0x06
+ACCEPT = 0xFFFFFFFF  # snap length: whole frames, BIG TCP super-frames included
 _SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE
 PACKET_OTHERHOST = 3
 
 
 def _untagged(program: list[tuple[int, int, int, int]]) -> bytes:
     """`program`, for frames of this link's own untagged traffic (see above)."""
-    guard = [(_LDW_ABS, 0, 0, _SKF_AD_PKTTYPE), (_JEQ, 0, 1, PACKET_OTHERHOST), (_RET, 0, 0, 0)]
-    return _bpf(guard + program)
+    guard = [(LDW_ABS, 0, 0, _SKF_AD_PKTTYPE), (JEQ, 0, 1, PACKET_OTHERHOST), (RET, 0, 0, 0)]
+    return bpf_program(guard + program)
 
 
 ND_FILTER = _untagged(
     [
         (_LDH_ABS, 0, 0, 12),
-        (_JEQ, 0, 6, ETH_P_IPV6),
+        (JEQ, 0, 6, ETH_P_IPV6),
         (_LDB_ABS, 0, 0, 20),
-        (_JEQ, 0, 4, 58),
+        (JEQ, 0, 4, 58),
         (_LDB_ABS, 0, 0, 54),
         (_JGE, 0, 2, 133),
         (_JGT, 1, 0, 137),
-        (_RET, 0, 0, _ACCEPT),
-        (_RET, 0, 0, 0),
+        (RET, 0, 0, ACCEPT),
+        (RET, 0, 0, 0),
     ]
 )
 # ND as above, less the multicast NS the answer socket takes (ANSWER_FILTER below).
 ND_UNANSWERED_FILTER = _untagged(
     [
         (_LDH_ABS, 0, 0, 12),
-        (_JEQ, 0, 10, ETH_P_IPV6),
+        (JEQ, 0, 10, ETH_P_IPV6),
         (_LDB_ABS, 0, 0, 20),
-        (_JEQ, 0, 8, 58),
+        (JEQ, 0, 8, 58),
         (_LDB_ABS, 0, 0, 54),
         (_JGE, 0, 6, 133),
         (_JGT, 5, 0, 137),
-        (_JEQ, 0, 3, 135),
+        (JEQ, 0, 3, 135),
         (_LDB_ABS, 0, 0, 38),
-        (_JEQ, 0, 1, 0xFF),
-        (_RET, 0, 0, 0),
-        (_RET, 0, 0, _ACCEPT),
-        (_RET, 0, 0, 0),
+        (JEQ, 0, 1, 0xFF),
+        (RET, 0, 0, 0),
+        (RET, 0, 0, ACCEPT),
+        (RET, 0, 0, 0),
     ]
 )
 DATA_FILTER = _untagged(
     [
         (_LDH_ABS, 0, 0, 12),
-        (_JEQ, 0, 7, ETH_P_IPV6),
+        (JEQ, 0, 7, ETH_P_IPV6),
         (_LDB_ABS, 0, 0, 20),
-        (_JEQ, 0, 4, 58),
+        (JEQ, 0, 4, 58),
         (_LDB_ABS, 0, 0, 54),
         (_JGE, 0, 2, 133),
         (_JGT, 1, 0, 137),
-        (_RET, 0, 0, 0),
-        (_RET, 0, 0, _ACCEPT),
-        (_RET, 0, 0, 0),
+        (RET, 0, 0, 0),
+        (RET, 0, 0, ACCEPT),
+        (RET, 0, 0, 0),
     ]
 )
 
@@ -129,20 +129,20 @@ DATA_FILTER = _untagged(
 ANSWER_FILTER = _untagged(
     [
         (_LDH_ABS, 0, 0, 12),
-        (_JEQ, 0, 7, ETH_P_IPV6),
+        (JEQ, 0, 7, ETH_P_IPV6),
         (_LDB_ABS, 0, 0, 20),
-        (_JEQ, 0, 5, 58),
+        (JEQ, 0, 5, 58),
         (_LDB_ABS, 0, 0, 54),
-        (_JEQ, 0, 3, 135),
+        (JEQ, 0, 3, 135),
         (_LDB_ABS, 0, 0, 38),
-        (_JEQ, 0, 1, 0xFF),
-        (_RET, 0, 0, _ACCEPT),
-        (_RET, 0, 0, 0),
+        (JEQ, 0, 1, 0xFF),
+        (RET, 0, 0, ACCEPT),
+        (RET, 0, 0, 0),
     ]
 )
 
 
-def _attach_filter(sock: socket.socket, program: bytes) -> None:
+def attach_filter(sock: socket.socket, program: bytes) -> None:
     buffer = ctypes.create_string_buffer(program)
     fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
@@ -164,7 +164,7 @@ def open_receiver(ifname: str, ifindex: int, program: bytes) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         # Filter first, then bind: nothing unfiltered is ever queued.
-        _attach_filter(sock, program)
+        attach_filter(sock, program)
         sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
         sock.bind((ifname, ETH_P_IPV6))
