@@ -500,12 +500,10 @@ class Worker:
         changed, self.last_beat = beat != self.last_beat, beat
         if changed:
             self.beat_interval = HEARTBEAT_S
+            self.send("heartbeat", next_s=self.beat_interval, **beat)
         else:
             doubled = max(HEARTBEAT_IDLE_S, self.beat_interval * 2)
             self.beat_interval = min(HEARTBEAT_IDLE_MAX_S, doubled)
-        if changed:
-            self.send("heartbeat", next_s=self.beat_interval, **beat)
-        else:
             self.send("heartbeat", next_s=self.beat_interval, seq=beat["seq"])
         if self.unanswered_since is None:
             self.unanswered_since = now

@@ -148,16 +148,21 @@ def test_a_missed_heartbeat_kills_the_spawned_process_not_a_reported_pid():
     asyncio.run(scenario())
 
 
+def sleeper_pool(clock: FakeClock) -> WorkerPool:
+    """A pool whose "workers" sleep, on a clock the test moves."""
+    return WorkerPool(
+        "ipc:///nonexistent",
+        worker_args=[],
+        on_state=lambda h: None,
+        command=SLEEPER,
+        clock=clock,
+    )
+
+
 def test_a_stalled_supervisor_resets_heartbeat_deadlines_instead_of_killing():
     async def scenario() -> None:
         clock = FakeClock()
-        pool = WorkerPool(
-            "ipc:///nonexistent",
-            worker_args=[],
-            on_state=lambda h: None,
-            command=SLEEPER,
-            clock=clock,
-        )
+        pool = sleeper_pool(clock)
         try:
             handle = await pool.start("eth0")
             process = handle.process
@@ -190,13 +195,7 @@ def test_a_worker_is_killed_only_when_silent_past_the_beat_it_promised():
 
     async def scenario() -> None:
         clock = FakeClock()
-        pool = WorkerPool(
-            "ipc:///nonexistent",
-            worker_args=[],
-            on_state=lambda h: None,
-            command=SLEEPER,
-            clock=clock,
-        )
+        pool = sleeper_pool(clock)
         try:
             handle = await pool.start("eth0")
             process = handle.process
