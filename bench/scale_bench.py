@@ -24,6 +24,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import queue
 import secrets
 import signal
 import socket
@@ -145,42 +146,64 @@ class RouterPinger:
         self.sock.close()
 
 
+def solicit_router(guest_ns: str, deadline: float) -> None:
+    """One RS from the guest (once its link-local address is usable), in this thread."""
+    enter(guest_ns)
+    sock = icmp_socket(134)
+    multicast_out(sock)
+    rs = struct.pack("!BBHI", 133, 0, 0, 0) + bytes([1, 1]) + own_mac(sock)
+    while time.monotonic() < deadline:
+        try:
+            sock.sendto(rs, ("ff02::2", 0, 0, 0))
+            break
+        except OSError:  # the link-local address is still tentative (DAD)
+            time.sleep(0.05)
+    sock.close()
+
+
 def wait_ready(
     lab: Lab, pinger: RouterPinger, started: float, timeout_s: float
 ) -> tuple[list[float], list[float]]:
     """Per guest, seconds from `started` until it had its address (the first list) and
-    until it answered a ping (the second)."""
+    until it answered a ping (the second).
+
+    One thread sweeps the guests' namespaces for their addresses and a few ping them: a
+    thread per guest (512 of them polling) took a core and the interpreter lock from
+    the proxy it measured.
+    """
     done: dict[str, float] = {}
     addressed: dict[str, float] = {}
     deadline = time.monotonic() + timeout_s
+    to_ping: queue.Queue[tuple[str, str]] = queue.Queue()
+    names = [g.name for g in lab.guest_list]
 
-    def guest(name: str, solicit: bool) -> None:
-        enter(name)
-        if solicit:
-            sock = icmp_socket(134)
-            multicast_out(sock)
-            option = bytes([1, 1]) + own_mac(sock)
-            rs = struct.pack("!BBHI", 133, 0, 0, 0) + option
-            while time.monotonic() < deadline:
-                try:
-                    sock.sendto(rs, ("ff02::2", 0, 0, 0))
-                    break
-                except OSError:  # the link-local address is still tentative (DAD)
-                    time.sleep(0.05)
-            sock.close()
-        while time.monotonic() < deadline:
-            address = global_address()
-            if address is None:
-                time.sleep(0.05)
+    def sweep() -> None:
+        solicit_router(names[0], deadline)
+        waiting = list(names)
+        while waiting and time.monotonic() < deadline:
+            for name in list(waiting):
+                enter(name)
+                address = global_address()
+                if address is not None:
+                    addressed[name] = time.monotonic() - started
+                    to_ping.put((name, address))
+                    waiting.remove(name)
+            time.sleep(0.05)
+
+    def ping() -> None:
+        while len(done) < len(names) and time.monotonic() < deadline:
+            try:
+                name, address = to_ping.get(timeout=0.2)
+            except queue.Empty:
                 continue
-            addressed.setdefault(name, time.monotonic() - started)
             if pinger.ping(address, 1.0):
                 done[name] = time.monotonic() - started
-                return
+            else:
+                lost.add(name)
+                to_ping.put((name, address))  # again, until the deadline
 
-    threads = [
-        threading.Thread(target=guest, args=(g.name, i == 0)) for i, g in enumerate(lab.guest_list)
-    ]
+    lost: set[str] = set()  # guests whose first ping went unanswered
+    threads = [threading.Thread(target=sweep)] + [threading.Thread(target=ping) for _ in range(64)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -188,6 +211,7 @@ def wait_ready(
     missing = len(lab.guest_list) - len(done)
     if missing:
         print(f"  !! {missing} guests not ready within {timeout_s:.0f} s")
+    print(f"  first pings lost: {len(lost)} of {len(names)}", flush=True)
     return sorted(addressed.values()), sorted(done.values())
 
 
